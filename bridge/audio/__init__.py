@@ -1,0 +1,1 @@
+"""Audio path: codecs, stateful resampling, per-track timelines and the mix."""

@@ -1,0 +1,1 @@
+"""Provider modules: each parses and produces one provider's stream messages, nothing more."""

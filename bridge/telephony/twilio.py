@@ -1,0 +1,184 @@
+"""Twilio Media Streams: parse the messages Twilio sends, and build them (for the simulator).
+
+Message shapes follow Twilio's websocket-messages page: ``sequenceNumber``, ``chunk``
+and ``timestamp`` are strings; ``connected`` carries no stream id; ``start`` nests
+the call data and repeats ``streamSid`` at the top level.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.telephony.events import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    MediaFormat,
+    ProtocolError,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+    Unknown,
+)
+
+PROVIDER = "twilio"
+DEFAULT_FORMAT = MediaFormat("audio/x-mulaw", 8000, 1)
+
+
+def parse(text: str | bytes) -> StreamEvent:
+    """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", type(exc).__name__) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", "not a JSON object")
+    event = msg.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError("bad_message", "no event field")
+    if event == "media":
+        return _media(msg)
+    if event == "start":
+        return _start(msg)
+    if event == "connected":
+        return Connected()
+    if event == "stop":
+        return StreamStop("stop")
+    if event == "mark":
+        return Mark(str(_obj(msg, "mark").get("name", "")))
+    if event == "dtmf":
+        body = _obj(msg, "dtmf")
+        return Dtmf(str(body.get("track", "")), str(body.get("digit", "")))
+    return Unknown(event[:40])
+
+
+def _obj(msg: dict[str, Any], key: str) -> dict[str, Any]:
+    value = msg.get(key)
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{msg.get('event')} without {key} object")
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _media(msg: dict[str, Any]) -> Media:
+    body = _obj(msg, "media")
+    payload = body.get("payload")
+    if not isinstance(payload, str):
+        raise ProtocolError("bad_media", "payload missing")
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_base64") from None
+    return Media(
+        track=str(body.get("track") or "inbound"),
+        payload=audio,
+        timestamp_ms=_optional_int(body.get("timestamp")),
+        chunk=_optional_int(body.get("chunk")),
+    )
+
+
+def _start(msg: dict[str, Any]) -> StreamStart:
+    body = _obj(msg, "start")
+    call_sid = body.get("callSid")
+    stream_sid = body.get("streamSid") or msg.get("streamSid")
+    if not isinstance(call_sid, str) or not isinstance(stream_sid, str):
+        raise ProtocolError("bad_start", "callSid/streamSid missing")
+    fmt = body.get("mediaFormat")
+    media_format = DEFAULT_FORMAT
+    if isinstance(fmt, dict):
+        media_format = MediaFormat(
+            encoding=str(fmt.get("encoding", DEFAULT_FORMAT.encoding)),
+            sample_rate=_optional_int(fmt.get("sampleRate")) or DEFAULT_FORMAT.sample_rate,
+            channels=_optional_int(fmt.get("channels")) or 1,
+        )
+    tracks = body.get("tracks")
+    if not isinstance(tracks, list) or not tracks:
+        tracks = ["inbound"]
+    params = body.get("customParameters")
+    custom = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
+    return StreamStart(
+        call_id=call_sid,
+        stream_id=stream_sid,
+        account_id=str(body.get("accountSid", "")),
+        tracks=tuple(str(t) for t in tracks),
+        media_format=media_format,
+        custom_parameters=custom,
+    )
+
+
+# --- building messages (the call simulator speaks exactly what Twilio sends) ---------------
+
+
+def connected_message() -> dict[str, Any]:
+    return {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+
+
+def start_message(
+    seq: int,
+    *,
+    account_sid: str,
+    stream_sid: str,
+    call_sid: str,
+    tracks: list[str],
+    custom_parameters: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "event": "start",
+        "sequenceNumber": str(seq),
+        "start": {
+            "accountSid": account_sid,
+            "streamSid": stream_sid,
+            "callSid": call_sid,
+            "tracks": tracks,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            "customParameters": custom_parameters,
+        },
+        "streamSid": stream_sid,
+    }
+
+
+def media_message(
+    seq: int, *, stream_sid: str, track: str, chunk: int, timestamp_ms: int, payload: bytes
+) -> dict[str, Any]:
+    return {
+        "event": "media",
+        "sequenceNumber": str(seq),
+        "media": {
+            "track": track,
+            "chunk": str(chunk),
+            "timestamp": str(timestamp_ms),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        },
+        "streamSid": stream_sid,
+    }
+
+
+def stop_message(seq: int, *, stream_sid: str, account_sid: str, call_sid: str) -> dict[str, Any]:
+    return {
+        "event": "stop",
+        "sequenceNumber": str(seq),
+        "stop": {"accountSid": account_sid, "callSid": call_sid},
+        "streamSid": stream_sid,
+    }
+
+
+def compute_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
+    """``X-Twilio-Signature``: base64 HMAC-SHA1 over the URL plus the sorted POST parameters."""
+    data = url + "".join(k + str(params[k]) for k in sorted(params or {}))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
