@@ -1,0 +1,288 @@
+"""One phone call, top to bottom: telephony events in, one finalized EkaScribe session out.
+
+The flow:
+
+1. ``handle`` takes each provider-neutral event from the telephony socket. It
+   never waits on EkaScribe: audio is decoded, placed on the per-track
+   timelines, mixed, and put in a bounded outbox.
+2. On ``start`` a background relay creates the Eka session, connects to its
+   ``upload_url`` and sends the outbox in ~100 ms batches. Audio that arrives
+   before the upstream is ready waits in the outbox.
+3. ``finish`` runs exactly once, however the call ends (``stop``, the socket
+   closing, an error): it flushes the resampler tails into the outbox and closes
+   it; the relay then drains it, closes the stream socket, waits for the close,
+   and calls End Session exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
+from bridge.audio.mixer import OUTPUT_RATE, Mixer
+from bridge.config import Settings
+from bridge.eka.client import EkaClient
+from bridge.eka.retry import EkaError
+from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
+from bridge.outbox import PcmOutbox
+from bridge.telephony.events import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    MediaFormat,
+    ProtocolError,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+    Unknown,
+)
+
+BYTES_PER_SECOND = OUTPUT_RATE * 2
+#: Longest custom-parameter value copied into the session body.
+MAX_PARAM_CHARS = 256
+#: Per reason, log the first few protocol errors of a call; count them all.
+LOGGED_ERRORS_PER_REASON = 3
+
+
+def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
+    """Bytes → int16 samples for the stream's declared format, or ProtocolError."""
+    encoding = fmt.encoding.lower()
+    if encoding in ("audio/x-mulaw", "audio/pcmu", "audio/mulaw"):
+        return ulaw_to_pcm16
+    if encoding in ("audio/x-l16", "audio/l16"):
+        return lambda payload: l16_to_pcm16(payload, l16_byteorder)
+    raise ProtocolError("unsupported_format", fmt.encoding)
+
+
+class Call:
+    """The state of one call; owned by the telephony socket handler that created it."""
+
+    def __init__(self, *, provider: str, settings: Settings, eka: EkaClient, log: Any) -> None:
+        self.provider = provider
+        self.settings = settings
+        self.eka = eka
+        self.log = log.bind(provider=provider, call_sid=None, stream_sid=None, session_id=None)
+        self.started_at = time.monotonic()
+        self.start: StreamStart | None = None
+        self.mixer: Mixer | None = None
+        self.outbox = PcmOutbox(int(settings.buffer_max_s * BYTES_PER_SECOND))
+        self.relay: asyncio.Task[None] | None = None
+        self.session_id: str | None = None
+        self.stopped = False
+        self.finished = False
+        self.end_reason: str | None = None
+        self.failure: str | None = None
+        self.end_status = "not_started"
+        self.end_latency_ms: float | None = None
+        self.media_frames = 0
+        self.media_bytes = 0
+        self.relayed_bytes = 0
+        self.upstream_lost_bytes = 0
+        self.bad_messages: Counter[str] = Counter()
+        self.ignored_events: Counter[str] = Counter()
+        self._ended_at: float | None = None
+
+    # -- 1. telephony events (never blocks) ----------------------------------------------
+
+    def handle(self, event: StreamEvent) -> None:
+        if isinstance(event, Media):
+            self._on_media(event)
+        elif isinstance(event, StreamStart):
+            self._on_start(event)
+        elif isinstance(event, StreamStop):
+            self.stopped = True
+            self.log.info("stream_stop_received")
+        elif isinstance(event, (Mark, Dtmf, Connected)):
+            self.ignored_events[type(event).__name__.lower()] += 1
+        elif isinstance(event, Unknown):
+            self.ignored_events[event.event] += 1
+            if self.ignored_events[event.event] == 1:
+                self.log.info("stream_event_ignored", stream_event=event.event)
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        """Bad input: counted, logged (a few per reason), never fatal."""
+        self.bad_messages[error.reason] += 1
+        if self.bad_messages[error.reason] <= LOGGED_ERRORS_PER_REASON:
+            self.log.warning("bad_stream_message", reason=error.reason, detail=error.detail or None)
+
+    def _on_start(self, start: StreamStart) -> None:
+        if self.start is not None:
+            self.protocol_error(ProtocolError("duplicate_start", start.stream_id[:40]))
+            return
+        try:
+            decode = decoder_for(start.media_format)
+            mixer = Mixer(
+                start.tracks,
+                start.media_format.sample_rate,
+                decode,
+                max_lead_ms=self.settings.max_track_lead_ms,
+            )
+        except (ProtocolError, ValueError) as exc:
+            self.protocol_error(ProtocolError("unsupported_format", str(exc)))
+            return
+        self.start = start
+        self.mixer = mixer
+        self.log = self.log.bind(call_sid=start.call_id, stream_sid=start.stream_id)
+        self.log.info(
+            "call_started",
+            tracks=list(start.tracks),
+            encoding=start.media_format.encoding,
+            sample_rate=start.media_format.sample_rate,
+        )
+        self.relay = asyncio.create_task(self._relay(), name=f"relay-{start.call_id}")
+
+    def _on_media(self, media: Media) -> None:
+        if self.mixer is None:
+            self.protocol_error(ProtocolError("media_before_start"))
+            return
+        if self.finished:
+            return
+        self.media_frames += 1
+        self.media_bytes += len(media.payload)
+        if media.payload:
+            self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
+
+    def _queue(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self.outbox.put(pcm16_bytes(samples))
+
+    # -- 2. the relay: session, stream socket, End Session ---------------------------------
+
+    async def _relay(self) -> None:
+        try:
+            created = await self.eka.create_session(self._session_body(), log=self.log)
+        except EkaError as exc:
+            self.end_status = "not_created"
+            self._fail("create_session", exc.reason)
+            self.outbox.discard()
+            return
+        self.session_id = created.session_id
+        self.log = self.log.bind(session_id=created.session_id)
+        self.log.info("eka_session_created")
+        try:
+            await self._stream(created.upload_url)
+        finally:
+            await self._end_session()
+
+    async def _stream(self, upload_url: str) -> None:
+        settings = self.settings
+        batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
+        try:
+            upstream = await UpstreamStream.open(
+                upload_url, wire_format=settings.stream_format, timeout_s=settings.upstream_close_timeout_s
+            )
+        except UPSTREAM_ERRORS as exc:
+            self._fail("upstream_connect", type(exc).__name__)
+            self.outbox.discard()
+            return
+        self.log.info("upstream_connected", wire_format=settings.stream_format)
+        try:
+            while (batch := await self.outbox.next_batch(batch_bytes)) is not None:
+                await upstream.send(batch)
+                self.relayed_bytes += len(batch)
+        except UPSTREAM_ERRORS as exc:
+            self._fail("upstream_send", type(exc).__name__)
+            self.upstream_lost_bytes += len(self.outbox)
+            self.outbox.discard()
+            upstream.abort()
+            return
+        close_code = await upstream.close(settings.upstream_close_timeout_s)
+        self.log.info("upstream_closed", close_code=close_code)
+
+    async def _end_session(self) -> None:
+        """Called once per session, after the stream socket is closed (or given up on)."""
+        assert self.session_id is not None
+        started = time.monotonic()
+        try:
+            result = await self.eka.end_session(self.session_id, log=self.log)
+        except EkaError as exc:
+            self.end_status = "end_failed"
+            self._fail("end_session", exc.reason)
+            return
+        finally:
+            self.end_latency_ms = round((time.monotonic() - started) * 1000, 1)
+        self.end_status = result.settled
+        self.log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
+
+    def _fail(self, stage: str, reason: str) -> None:
+        self.failure = f"{stage}: {reason}"
+        self.log.error("call_failed", stage=stage, reason=reason)
+
+    def _session_body(self) -> dict[str, Any]:
+        """Create Session body: configured options plus allow-listed per-call parameters."""
+        assert self.start is not None
+        s = self.settings
+        body: dict[str, Any] = {
+            "upload_type": "stream",
+            "communication_protocol": "websocket",
+            "session_mode": s.session_mode,
+            "additional_data": {
+                "source": "eka-phone-bridge",
+                "provider": self.provider,
+                "call_sid": self.start.call_id,
+                "stream_sid": self.start.stream_id,
+            },
+        }
+        if s.templates:
+            body["templates"] = list(s.templates)
+        if s.model:
+            body["model"] = s.model
+        if s.language_hint:
+            body["language_hint"] = list(s.language_hint)
+        params = self.start.custom_parameters
+        for route in s.param_routes:
+            value = params.get(route.param)
+            if value:
+                section = body.setdefault(route.section, {})
+                section.setdefault(route.key, value[:MAX_PARAM_CHARS])
+        return body
+
+    # -- 3. the end of the call (exactly once, on every path) ------------------------------
+
+    async def finish(self, reason: str) -> dict[str, Any]:
+        """Flush, let the relay drain and End the session, then log the call's summary."""
+        if self.finished:
+            raise RuntimeError("Call.finish() called twice")
+        self.finished = True
+        self.end_reason = reason
+        self._ended_at = time.monotonic()
+        if self.mixer is not None:
+            self._queue(self.mixer.flush())
+        self.outbox.close()
+        if self.relay is not None:
+            try:
+                await self.relay
+            except Exception as exc:  # a bug, not an Eka failure: still summarise the call
+                self._fail("relay", type(exc).__name__)
+                self.log.exception("relay_crashed")
+        elif self.start is None:
+            self.end_status = "no_start"
+        summary = self.summary()
+        self.log.info("call_summary", **summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        mixer = self.mixer
+        late = sum(t.stats.late_frames for t in mixer.tracks.values()) if mixer else 0
+        return {
+            "end_reason": self.end_reason,
+            "end_status": self.end_status,
+            "failure": self.failure,
+            "duration_s": round((self._ended_at or time.monotonic()) - self.started_at, 3),
+            "frames": self.media_frames,
+            "bytes_in": self.media_bytes,
+            "bytes_relayed": self.relayed_bytes,
+            "audio_relayed_s": round(self.relayed_bytes / BYTES_PER_SECOND, 3),
+            "gap_filled_ms": mixer.gap_filled_ms() if mixer else {},
+            "late_frames": late,
+            "dropped_bytes": self.outbox.dropped_bytes,
+            "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
+            "bad_messages": dict(self.bad_messages),
+            "end_latency_ms": self.end_latency_ms,
+        }

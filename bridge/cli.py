@@ -1,0 +1,111 @@
+"""The ``bridge`` command: ``serve``, ``emulator`` and ``simulate``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+
+from bridge import __version__
+from bridge.config import ConfigError, Settings, stream_url
+from bridge.logging import configure
+
+#: Largest telephony WebSocket message accepted (a 20 ms media frame is ~300 bytes).
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+DEV_EMULATOR_TOKEN = "dev-emulator-token"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"eka-phone-bridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the bridge service")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: readable logs; without Eka credentials, a local EkaScribe emulator",
+    )
+    serve.add_argument("--emulator-port", type=int, default=None, help="dev emulator port (default: port+1)")
+
+    from bridge.emulator import cli as emulator_cli
+    from bridge.simulator import cli as simulator_cli
+
+    emulator_cli.add_arguments(commands.add_parser("emulator", help="run the EkaScribe emulator"))
+    simulator_cli.add_arguments(commands.add_parser("simulate", help="replay a call into the bridge"))
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_command(args)
+    if args.command == "emulator":
+        return emulator_cli.run(args)
+    return simulator_cli.run(args)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env(os.environ, development=args.dev)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"bridge: configuration error: {problem}", file=sys.stderr)
+        return 2
+    configure(settings.log_format)
+    if settings.development and not settings.has_eka_credentials:
+        emulator_port = args.emulator_port or args.port + 1
+        base_url = _start_dev_emulator(args.host, emulator_port)
+        settings = replace(settings, eka_base_url=base_url, eka_access_token=DEV_EMULATOR_TOKEN)
+        _banner(
+            "NO EKA CREDENTIALS SET: this bridge talks to a LOCAL EkaScribe EMULATOR",
+            f"emulator at {base_url}; received audio lands in ./emulator-audio/<session_id>.wav",
+            "set EKA_CLIENT_ID + EKA_CLIENT_SECRET (or EKA_ACCESS_TOKEN) to use the real API",
+        )
+    public = settings.public_url or f"http://{args.host}:{args.port}"
+    print(f"bridge: Twilio stream URL {stream_url(public, '/twilio/stream')}", file=sys.stderr)
+
+    from bridge.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        log_level="warning",
+        proxy_headers=True,
+        timeout_graceful_shutdown=60,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _start_dev_emulator(host: str, port: int) -> str:
+    """Run the emulator in a daemon thread (uvicorn leaves signals to the main thread's server)."""
+    from bridge.emulator import Emulator, EmulatorOptions
+
+    emulator = Emulator(
+        EmulatorOptions(audio_dir=Path("emulator-audio"), static_tokens=frozenset({DEV_EMULATOR_TOKEN}))
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    server = uvicorn.Server(uvicorn.Config(emulator.app, log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="emulator").start()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}"
+
+
+def _banner(*lines: str) -> None:
+    width = max(len(line) for line in lines) + 4
+    print("!" * width, file=sys.stderr)
+    for line in lines:
+        print(f"! {line.ljust(width - 4)} !", file=sys.stderr)
+    print("!" * width, file=sys.stderr)

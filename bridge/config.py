@@ -1,0 +1,186 @@
+"""All configuration, read once from the environment and validated at start-up.
+
+Every problem is reported on its own line (``ConfigError.problems``) so an
+integrator fixes them all in one go; nothing here reads the environment later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_EKA_BASE_URL = "https://api.eka.care"
+SESSION_MODES = ("consultation", "dictation")
+MODELS = ("lite", "pro")
+STREAM_FORMATS = ("binary", "json")
+#: Where an allow-listed Twilio ``<Parameter>`` may go in the Create Session body.
+PARAM_TARGETS = ("patient_details", "additional_data")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ParamRoute:
+    """One allow-listed custom parameter: ``param`` → ``section.key`` of the session body."""
+
+    param: str
+    section: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    eka_base_url: str = DEFAULT_EKA_BASE_URL
+    eka_client_id: str | None = None
+    eka_client_secret: str | None = None
+    eka_access_token: str | None = None
+    twilio_auth_token: str | None = None
+    public_url: str | None = None
+    templates: tuple[str, ...] = ()
+    model: str | None = None
+    language_hint: tuple[str, ...] = ()
+    session_mode: str = "consultation"
+    param_routes: tuple[ParamRoute, ...] = (ParamRoute("patient_oid", "patient_details", "oid"),)
+    stream_format: str = "binary"
+    batch_ms: int = 100
+    buffer_max_s: float = 60.0
+    upstream_close_timeout_s: float = 10.0
+    create_budget_s: float = 30.0
+    end_budget_s: float = 120.0
+    http_timeout_s: float = 20.0
+    max_track_lead_ms: int = 200
+    development: bool = False
+    log_format: str = "json"
+
+    @property
+    def has_eka_credentials(self) -> bool:
+        return bool(self.eka_access_token or (self.eka_client_id and self.eka_client_secret))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, development: bool = False) -> Settings:
+        """Build settings from an environment mapping; raise ConfigError listing every problem."""
+        r = _Reader(env)
+        dev = development or r.flag("BRIDGE_DEV", False)
+        settings = cls(
+            eka_base_url=r.url("EKA_API_BASE_URL", DEFAULT_EKA_BASE_URL, ("http", "https")) or "",
+            eka_client_id=r.text("EKA_CLIENT_ID"),
+            eka_client_secret=r.text("EKA_CLIENT_SECRET"),
+            eka_access_token=r.text("EKA_ACCESS_TOKEN"),
+            twilio_auth_token=r.text("TWILIO_AUTH_TOKEN"),
+            public_url=r.url("BRIDGE_PUBLIC_URL", None, ("http", "https")),
+            templates=r.listing("EKA_TEMPLATES", max_items=2),
+            model=r.choice("EKA_MODEL", MODELS, None),
+            language_hint=r.listing("EKA_LANGUAGE_HINT"),
+            session_mode=r.choice("EKA_SESSION_MODE", SESSION_MODES, "consultation") or "consultation",
+            param_routes=r.param_routes("BRIDGE_CALL_PARAMS", "patient_oid=patient_details.oid"),
+            stream_format=r.choice("EKA_STREAM_FORMAT", STREAM_FORMATS, "binary") or "binary",
+            batch_ms=int(r.number("BRIDGE_BATCH_MS", 100, 20, 1000)),
+            buffer_max_s=r.number("BRIDGE_BUFFER_MAX_S", 60.0, 1, 3600),
+            upstream_close_timeout_s=r.number("BRIDGE_UPSTREAM_CLOSE_TIMEOUT_S", 10.0, 0.1, 120),
+            create_budget_s=r.number("EKA_CREATE_RETRY_BUDGET_S", 30.0, 0, 600),
+            end_budget_s=r.number("EKA_END_RETRY_BUDGET_S", 120.0, 0, 3600),
+            http_timeout_s=r.number("EKA_HTTP_TIMEOUT_S", 20.0, 1, 120),
+            max_track_lead_ms=int(r.number("BRIDGE_MAX_TRACK_LEAD_MS", 200, 20, 5000)),
+            development=dev,
+            log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json")
+            or "json",
+        )
+        if bool(settings.eka_client_id) != bool(settings.eka_client_secret):
+            r.problems.append("EKA_CLIENT_ID and EKA_CLIENT_SECRET must be set together")
+        if not settings.has_eka_credentials and not dev:
+            r.problems.append(
+                "no Eka credentials: set EKA_CLIENT_ID + EKA_CLIENT_SECRET or EKA_ACCESS_TOKEN"
+                " (or run `bridge serve --dev` to use the local emulator)"
+            )
+        if r.problems:
+            raise ConfigError(r.problems)
+        return settings
+
+
+class _Reader:
+    """Reads typed values and collects problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={value!r} is not a boolean (use true or false)")
+        return default
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.text(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not a number")
+            return default
+        if not low <= number <= high:
+            self.problems.append(f"{name}={value} is out of range [{low:g}, {high:g}]")
+            return default
+        return number
+
+    def choice(self, name: str, options: tuple[str, ...], default: str | None) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value not in options:
+            self.problems.append(f"{name}={value!r} must be one of: {', '.join(options)}")
+            return default
+        return value
+
+    def listing(self, name: str, max_items: int | None = None) -> tuple[str, ...]:
+        value = self.text(name)
+        items = tuple(i.strip() for i in (value or "").split(",") if i.strip())
+        if max_items is not None and len(items) > max_items:
+            self.problems.append(f"{name} lists {len(items)} items; EkaScribe allows at most {max_items}")
+        return items
+
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return default
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            self.problems.append(f"{name}={value!r} must be an absolute {'/'.join(schemes)} URL")
+            return default
+        return value.rstrip("/")
+
+    def param_routes(self, name: str, default: str) -> tuple[ParamRoute, ...]:
+        value = self.env.get(name, default).strip()
+        routes = []
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            param, _, target = item.partition("=")
+            section, _, key = target.partition(".")
+            if not param or section not in PARAM_TARGETS or not key:
+                self.problems.append(
+                    f"{name}: {item!r} must look like param=patient_details.key or param=additional_data.key"
+                )
+                continue
+            routes.append(ParamRoute(param.strip(), section, key.strip()))
+        return tuple(routes)
+
+
+def stream_url(public_url: str, path: str) -> str:
+    """The WebSocket URL for ``path`` under the public base URL (http→ws, https→wss)."""
+    parts = urlsplit(public_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"

@@ -1,0 +1,1 @@
+"""EkaScribe: authentication, the session API, and the stream socket."""

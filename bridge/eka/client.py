@@ -1,0 +1,134 @@
+"""The EkaScribe session API: Create, End and Get Session, with retries and token renewal."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from bridge.eka.auth import TokenProvider
+from bridge.eka.retry import Backoff, EkaError, with_retries
+
+SESSIONS_PATH = "/voice/v1/sessions"
+
+
+@dataclass(frozen=True)
+class CreatedSession:
+    session_id: str
+    upload_url: str
+
+
+@dataclass(frozen=True)
+class EndResult:
+    status: int
+    settled: str  # "ended" (202), or "already_ended" / "not_found" (nothing more to do)
+
+
+def new_session_id() -> str:
+    """Our own id (Eka accepts 16–32 chars), so a retried Create cannot make a second session."""
+    return "ses_" + secrets.token_hex(12)
+
+
+class EkaClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        tokens: TokenProvider,
+        *,
+        base_url: str,
+        create_budget_s: float,
+        end_budget_s: float,
+        backoff: Backoff,
+        log: Any,
+    ) -> None:
+        self._http = http
+        self._tokens = tokens
+        self._base_url = base_url
+        self._create_budget_s = create_budget_s
+        self._end_budget_s = end_budget_s
+        self._backoff = backoff
+        self._log = log
+
+    async def create_session(self, body: dict[str, Any], *, log: Any | None = None) -> CreatedSession:
+        """Create a stream session. A 409 on a retry means our earlier attempt did land: fetch it."""
+        body = {**body, "session_id": body.get("session_id") or new_session_id()}
+        session_id = body["session_id"]
+        response, tries = await self._call("create", "POST", SESSIONS_PATH, self._create_budget_s, log, json=body)
+        if response.status_code == 409 and tries > 1:
+            response, _ = await self._call(
+                "get", "GET", f"{SESSIONS_PATH}/{session_id}", self._create_budget_s, log
+            )
+        if response.status_code not in (200, 201, 202):
+            raise EkaError("create", _error_reason(response), response.status_code, tries)
+        try:
+            data = response.json()
+            return CreatedSession(str(data["session_id"]), str(data["upload_url"]))
+        except (ValueError, KeyError, TypeError):
+            raise EkaError("create", "malformed response (no session_id/upload_url)") from None
+
+    async def end_session(self, session_id: str, *, log: Any | None = None) -> EndResult:
+        """End (finalize) a stream session; ``audio_files_sent`` is 0 for streams, as Eka's SDK sends."""
+        response, tries = await self._call(
+            "end",
+            "POST",
+            f"{SESSIONS_PATH}/{session_id}/end",
+            self._end_budget_s,
+            log,
+            json={"audio_files_sent": 0},
+        )
+        if response.status_code in (200, 202):
+            return EndResult(response.status_code, "ended")
+        if response.status_code == 400 and tries > 1:
+            # Our earlier attempt landed and this is the documented "already ended" answer.
+            return EndResult(400, "already_ended")
+        if response.status_code in (404, 410):
+            return EndResult(response.status_code, "not_found")
+        raise EkaError("end", _error_reason(response), response.status_code, tries)
+
+    async def get_session(self, session_id: str, *, log: Any | None = None) -> httpx.Response:
+        response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", 30.0, log)
+        return response
+
+    async def _call(
+        self, op: str, method: str, path: str, budget_s: float, log: Any | None, **kwargs: Any
+    ) -> tuple[httpx.Response, int]:
+        """One logical request: retried while transient, renewed and retried once on 401."""
+        log = log or self._log
+        tries = 0
+        url = self._base_url + path
+        for renewed in (False, True):
+            token = await self._tokens.get()
+
+            async def attempt() -> httpx.Response:
+                nonlocal tries
+                tries += 1
+                return await self._http.request(
+                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
+                )
+
+            response = await with_retries(
+                op,
+                attempt,
+                budget_s=budget_s,
+                backoff=self._backoff,
+                on_retry=lambda o, n, reason, delay: log.warning(
+                    "eka_retry", op=o, attempt=n, reason=reason, delay_s=round(delay, 3)
+                ),
+            )
+            if response.status_code != 401 or renewed:
+                return response, tries
+            log.warning("eka_unauthorized", op=op, action="renewing token and trying once more")
+            await self._tokens.invalidate(token)
+        raise AssertionError("unreachable")
+
+
+def _error_reason(response: httpx.Response) -> str:
+    """A short reason from Eka's error body (its code, never the whole body)."""
+    try:
+        error = response.json().get("error")
+        code = error.get("code") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        code = None
+    return f"http_{response.status_code}" + (f" {str(code)[:60]}" if code else "")

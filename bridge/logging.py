@@ -1,0 +1,43 @@
+"""structlog set-up: JSON lines in production, readable console output in development.
+
+Call code never formats secrets or audio into events; as a second line of
+defence, the ``_redact`` processor masks any key that looks like a credential
+or a payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_SENSITIVE = ("token", "secret", "password", "authorization", "payload", "signature")
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in event:
+        if any(s in key.lower() for s in _SENSITIVE):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure(log_format: str = "json", stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """Configure structlog once for the process (the CLI does this; tests pass their own logger)."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    if log_format == "console":
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,67 @@
+"""A bounded FIFO of PCM bytes between the telephony reader and the upstream writer.
+
+The reader must never wait on EkaScribe (Twilio drops audio when its socket
+backs up), so ``put`` never blocks: past ``max_bytes`` the oldest audio is
+dropped and counted. The writer awaits whole batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class PcmOutbox:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes - max_bytes % 2
+        self._buf = bytearray()
+        self._closed = False
+        self._discarding = False
+        self._want = 1
+        self._ready = asyncio.Event()
+        self.put_bytes = 0
+        self.dropped_bytes = 0  # oldest audio dropped because the upstream fell too far behind
+        self.discarded_bytes = 0  # audio with nowhere to go (no session could be created)
+        self.high_water_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def put(self, pcm: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("put() after close()")
+        self.put_bytes += len(pcm)
+        if self._discarding:
+            self.discarded_bytes += len(pcm)
+            return
+        self._buf += pcm
+        excess = len(self._buf) - self.max_bytes
+        if excess > 0:
+            excess += excess % 2  # whole samples only
+            del self._buf[:excess]
+            self.dropped_bytes += excess
+        self.high_water_bytes = max(self.high_water_bytes, len(self._buf))
+        if len(self._buf) >= self._want:
+            self._ready.set()
+
+    def close(self) -> None:
+        """No more audio will come; the writer drains what is left."""
+        self._closed = True
+        self._ready.set()
+
+    def discard(self) -> None:
+        """Nothing will ever read this: count and drop what is held and all that follows."""
+        self._discarding = True
+        self.discarded_bytes += len(self._buf)
+        self._buf.clear()
+
+    async def next_batch(self, size: int) -> bytes | None:
+        """Wait for ``size`` bytes (fewer only at the end); ``None`` once closed and drained."""
+        while len(self._buf) < size and not self._closed:
+            self._want = size
+            self._ready.clear()
+            await self._ready.wait()
+        if not self._buf:
+            return None
+        batch = bytes(self._buf[:size])
+        del self._buf[:size]
+        return batch
