@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bridge.audio.resample import Upsampler2x
+from bridge.audio.resample import Upsampler2x, to_int16
 
 OUTPUT_RATE = 16000
 #: Timestamp jitter smaller than this is absorbed (samples are appended as they come).
@@ -33,10 +33,10 @@ class _Passthrough:
     delay_samples = 0
 
     def process(self, frame: np.ndarray) -> np.ndarray:
-        return frame.astype(np.int16, copy=False)
+        return frame.astype(np.float64)
 
     def flush(self) -> np.ndarray:
-        return np.zeros(0, dtype=np.int16)
+        return np.zeros(0, dtype=np.float64)
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Track:
             Upsampler2x() if input_rate == 8000 else _Passthrough()
         )
         self.position = start_position  # next input sample index on the call timeline
-        self.pending = np.zeros(0, dtype=np.int16)  # 16 kHz output not yet mixed
+        self.pending = np.zeros(0, dtype=np.float64)  # 16 kHz output not yet mixed
         self.stats = TrackStats()
         self.flushed = False
 
@@ -177,7 +177,7 @@ class Mixer:
         if len(tracks) == 1:
             (only,) = tracks
             out, only.pending = only.pending[:ready], only.pending[ready:]
-            return out
+            return to_int16(out)
         total = np.zeros(ready, dtype=np.float64)
         for t in tracks:
             total += t.pending[:ready]
@@ -193,7 +193,7 @@ class Mixer:
             room = 32767 - LIMITER_KNEE
             bent = LIMITER_KNEE + room * np.tanh((peak[over] - LIMITER_KNEE) / room)
             total[over] = np.sign(total[over]) * bent
-        return np.rint(total).astype(np.int16)
+        return to_int16(total)
 
     def gap_filled_ms(self) -> dict[str, int]:
         return {name: t.gap_filled_ms for name, t in self.tracks.items()}

@@ -1,0 +1,137 @@
+"""``bridge simulate <provider>``: replay a recorded call into a running bridge.
+
+One sub-command per provider (only ``twilio`` so far); each registers its own
+runner with ``set_defaults`` so adding ``vobiz`` needs no change to ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from bridge.simulator.audio import load_ulaw
+from bridge.simulator.twilio import ReplayResult, TwilioCall, plan_messages, replay
+
+#: Namespace attribute holding the chosen sub-command's runner (namespaced to avoid clashes).
+RUNNER = "simulate_runner"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the provider sub-commands to ``parser`` (mounted as ``bridge simulate``)."""
+    providers = parser.add_subparsers(dest="simulate_provider", metavar="PROVIDER", required=True)
+    twilio = providers.add_parser(
+        "twilio",
+        help="replay a call as a Twilio Media Stream",
+        description="Replay audio files as a Twilio Media Stream (connected, start, media…, stop).",
+    )
+    twilio.add_argument(
+        "--url", required=True, metavar="WS_URL", help="the bridge's stream URL (ws:// or wss://)"
+    )
+    twilio.add_argument(
+        "--audio", required=True, type=Path, metavar="FILE", help="inbound track (caller): WAV or raw μ-law"
+    )
+    twilio.add_argument("--second-track", type=Path, metavar="FILE", help="outbound track (the other party)")
+    twilio.add_argument(
+        "--pace", type=_pace, default=1.0, metavar="N", help="1 = real time (default), 10 = ten times faster"
+    )
+    twilio.add_argument(
+        "--twilio-auth-token",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        metavar="T",
+        help="sign the upgrade with X-Twilio-Signature over the exact --url (default: $TWILIO_AUTH_TOKEN)",
+    )
+    twilio.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a <Parameter> for start.customParameters (repeatable)",
+    )
+    twilio.set_defaults(**{RUNNER: run_twilio})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen sub-command; returns the process exit code."""
+    runner: Callable[[argparse.Namespace], int] = getattr(args, RUNNER)
+    return runner(args)
+
+
+def run_twilio(args: argparse.Namespace) -> int:
+    """Replay the files, print one summary line; non-zero if it could not connect or finish."""
+    prog = "bridge simulate twilio"
+    try:
+        inbound = load_ulaw(args.audio)
+        outbound = load_ulaw(args.second_track) if args.second_track is not None else None
+    except (OSError, ValueError) as exc:
+        return _fail(prog, f"cannot read audio: {exc}", 2)
+    call = TwilioCall(
+        tracks=["inbound", "outbound"] if outbound is not None else ["inbound"],
+        custom_parameters=dict(args.param),
+    )
+    plan = plan_messages(call, inbound, outbound)
+    try:
+        result = asyncio.run(replay(args.url, plan, pace=args.pace, auth_token=args.twilio_auth_token))
+    except InvalidURI as exc:
+        return _fail(prog, f"invalid WebSocket URL: {exc}", 2)
+    except InvalidStatus as exc:
+        return _fail(prog, f"handshake refused by {args.url}: HTTP {exc.response.status_code}", 1)
+    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
+        return _fail(prog, f"cannot connect to {args.url}: {exc or type(exc).__name__}", 1)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 130)
+    print(summary(call, result))
+    if not result.completed or result.close_code not in (1000, 1001):
+        return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
+    return 0
+
+
+def summary(call: TwilioCall, result: ReplayResult) -> str:
+    """One line: who, what was sent per track, how long, how the connection ended."""
+    tracks = ", ".join(
+        f"{track} {result.frames_sent.get(track, 0)} frames/{result.bytes_sent.get(track, 0)} B"
+        for track in call.tracks
+    )
+    return (
+        f"call {call.call_sid} stream {call.stream_sid}: {tracks}; "
+        f"{result.messages_sent} messages in {result.elapsed_s:.2f} s; {_how_closed(result)}"
+    )
+
+
+def _how_closed(result: ReplayResult) -> str:
+    code = f"{result.close_code}" + (f" {result.close_reason!r}" if result.close_reason else "")
+    if result.closed_by == "server":
+        return f"server closed first with {code}"
+    if result.closed_by == "client":
+        return f"simulator closed, server answered {code}"
+    if result.closed_by == "abort":
+        return "connection dropped by the simulator"
+    return "connection lost without a close frame"
+
+
+def _fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _pace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected K=V, got {text!r}")
+    return key.strip(), value
