@@ -121,7 +121,7 @@ class Call:
                 start.tracks,
                 start.media_format.sample_rate,
                 decode,
-                max_lead_ms=self.settings.max_track_lead_ms,
+                max_wait_ms=self.settings.max_track_wait_ms,
             )
         except (ProtocolError, ValueError) as exc:
             self.protocol_error(ProtocolError("unsupported_format", str(exc)))
@@ -269,7 +269,7 @@ class Call:
 
     def summary(self) -> dict[str, Any]:
         mixer = self.mixer
-        late = sum(t.stats.late_frames for t in mixer.tracks.values()) if mixer else 0
+        stats = [t.stats for t in mixer.tracks.values()] if mixer else []
         return {
             "end_reason": self.end_reason,
             "end_status": self.end_status,
@@ -280,7 +280,9 @@ class Call:
             "bytes_relayed": self.relayed_bytes,
             "audio_relayed_s": round(self.relayed_bytes / BYTES_PER_SECOND, 3),
             "gap_filled_ms": mixer.gap_filled_ms() if mixer else {},
-            "late_frames": late,
+            "late_frames": sum(s.late_frames + s.duplicate_frames for s in stats),
+            "reordered_frames": sum(s.reordered_frames for s in stats),
+            "limited_samples": mixer.limited_samples if mixer else 0,
             "dropped_bytes": self.outbox.dropped_bytes,
             "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
             "bad_messages": dict(self.bad_messages),

@@ -53,7 +53,7 @@ class Settings:
     create_budget_s: float = 30.0
     end_budget_s: float = 120.0
     http_timeout_s: float = 20.0
-    max_track_lead_ms: int = 200
+    max_track_wait_ms: int = 200
     development: bool = False
     log_format: str = "json"
 
@@ -85,7 +85,7 @@ class Settings:
             create_budget_s=r.number("EKA_CREATE_RETRY_BUDGET_S", 30.0, 0, 600),
             end_budget_s=r.number("EKA_END_RETRY_BUDGET_S", 120.0, 0, 3600),
             http_timeout_s=r.number("EKA_HTTP_TIMEOUT_S", 20.0, 1, 120),
-            max_track_lead_ms=int(r.number("BRIDGE_MAX_TRACK_LEAD_MS", 200, 20, 5000)),
+            max_track_wait_ms=int(r.number("BRIDGE_TRACK_WAIT_MS", 200, 20, 5000)),
             development=dev,
             log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json")
             or "json",

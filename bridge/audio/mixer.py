@@ -2,10 +2,11 @@
 
 Each track (caller, clinician) gets its own resampler and a position on the
 call's shared clock (``media.timestamp``). Frames are placed by timestamp, not
-by arrival order: a jump forward is filled with silence, a frame that goes
-backwards or repeats is trimmed or dropped, and a track that falls more than
-``max_lead_ms`` behind the other is filled with silence up to that bound (its
-late frames are then dropped as stale). All of it is counted.
+by arrival order: a frame that arrives early waits (bounded) for the ones
+before it; a hole is filled with silence once ``max_wait_ms`` of audio is
+waiting behind it, or once the other track is that far ahead; a frame that
+arrives after its slot was filled, or repeats one already placed, is dropped.
+All of it is counted.
 
 Filling happens on the 8 kHz input side, so each resampler sees one continuous
 signal and every track's 16 kHz output stays sample-aligned with the others.
@@ -13,6 +14,7 @@ signal and every track's 16 kHz output stays sample-aligned with the others.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,8 +23,9 @@ import numpy as np
 from bridge.audio.resample import Upsampler2x, to_int16
 
 OUTPUT_RATE = 16000
-#: Timestamp jitter smaller than this is absorbed (samples are appended as they come).
+#: Timestamp jitter smaller than this is absorbed (frames are appended as they come).
 JITTER_TOLERANCE_MS = 10
+END_OF_TIME = 1 << 62
 #: Mixed peaks above this level are bent by a soft knee instead of clipping.
 LIMITER_KNEE = 0.85 * 32767
 
@@ -44,62 +47,102 @@ class TrackStats:
     frames: int = 0
     samples_in: int = 0  # input-rate samples received (before any fill or trim)
     gap_filled_samples: int = 0  # input-rate samples of silence inserted
-    trimmed_samples: int = 0  # input-rate samples dropped as overlapping/late
-    late_frames: int = 0  # whole frames dropped (repeat, backwards or too late)
-    jumps: int = 0  # timestamp jumps forward that were filled
+    trimmed_samples: int = 0  # input-rate samples dropped as overlapping or late
+    late_frames: int = 0  # whole frames dropped: their slot was already played or filled
+    duplicate_frames: int = 0  # whole frames dropped: a frame for that slot was already waiting
+    reordered_frames: int = 0  # frames that arrived before an earlier one and were put back in order
+    jumps: int = 0  # holes in the timeline that were filled
 
 
 class Track:
-    """One party's audio: input-rate timeline position, resampler and pending 16 kHz output."""
+    """One party's audio: timeline position, frames waiting their turn, resampler, pending output."""
 
-    def __init__(self, name: str, input_rate: int, start_position: int) -> None:
+    def __init__(self, name: str, input_rate: int, start_position: int, max_wait: int) -> None:
         if input_rate not in (8000, 16000):
             raise ValueError(f"unsupported input rate {input_rate}")
         self.name = name
         self.input_rate = input_rate
-        self.scale = OUTPUT_RATE // input_rate
         self.resampler: Upsampler2x | _Passthrough = (
             Upsampler2x() if input_rate == 8000 else _Passthrough()
         )
-        self.position = start_position  # next input sample index on the call timeline
+        self.position = start_position  # next input sample index to be played on the call timeline
+        self.max_wait = max_wait  # input samples of audio a hole may hold up
+        self.tolerance = input_rate * JITTER_TOLERANCE_MS // 1000
         self.pending = np.zeros(0, dtype=np.float64)  # 16 kHz output not yet mixed
         self.stats = TrackStats()
         self.flushed = False
-
-    def ms_to_position(self, timestamp_ms: int) -> int:
-        return timestamp_ms * self.input_rate // 1000
+        self._waiting: list[tuple[int, int, np.ndarray]] = []  # heap of (start, arrival, samples)
+        self._waiting_starts: set[int] = set()
+        self._waiting_samples = 0
+        self._next_start = start_position  # where a frame without a timestamp goes
+        self._arrivals = 0
 
     def place(self, timestamp_ms: int | None, samples: np.ndarray) -> None:
-        """Put one frame on the timeline at its timestamp (or right after the last one)."""
+        """Put one frame on the timeline at its timestamp (or right after the previous one)."""
         self.stats.frames += 1
         self.stats.samples_in += len(samples)
-        if timestamp_ms is not None:
-            start = self.ms_to_position(timestamp_ms)
-            tolerance = self.input_rate * JITTER_TOLERANCE_MS // 1000
-            offset = start - self.position
-            if offset > tolerance:
-                self.stats.jumps += 1
-                self.fill_to(start)
-            elif offset < -tolerance:
-                overlap = min(-offset, len(samples))
-                if overlap == len(samples):
-                    self.stats.late_frames += 1
-                self.stats.trimmed_samples += overlap
-                samples = samples[overlap:]
-        if len(samples):
-            self._feed(samples)
+        if not len(samples):
+            return
+        start = self._next_start if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
+        self._next_start = start + len(samples)
+        if start + len(samples) <= self.position + self.tolerance // 2:
+            self.stats.late_frames += 1
+            self.stats.trimmed_samples += len(samples)
+            return
+        if start in self._waiting_starts:
+            self.stats.duplicate_frames += 1
+            return
+        if self._waiting and start < self._waiting[0][0]:
+            self.stats.reordered_frames += 1
+        self._arrivals += 1
+        heapq.heappush(self._waiting, (start, self._arrivals, samples))
+        self._waiting_starts.add(start)
+        self._waiting_samples += len(samples)
+        self._play()
 
     def fill_to(self, position: int) -> None:
-        """Insert silence up to ``position`` (counted as gap fill)."""
+        """Bring the track up to ``position``: waiting frames before it are played, holes silenced."""
+        self._play(force_until=position)
         missing = position - self.position
         if missing > 0:
             self.stats.gap_filled_samples += missing
             self._feed(np.zeros(missing, dtype=np.int16))
+        self._play()
+
+    def settle(self) -> None:
+        """End of stream: play everything still waiting, filling the holes between."""
+        self._play(force_until=END_OF_TIME)
 
     def flush(self) -> None:
+        """Drain the resampler (after ``settle``); nothing may be placed afterwards."""
         if not self.flushed:
             self.flushed = True
             self._append(self.resampler.flush())
+
+    def _play(self, *, force_until: int | None = None) -> None:
+        """Feed waiting frames in timeline order while they are contiguous, or the wait is over,
+        or the hole lies before ``force_until``."""
+        while self._waiting:
+            start, _, samples = self._waiting[0]
+            gap = start - self.position
+            if gap > self.tolerance:
+                forced = force_until is not None and start < force_until
+                if not forced and self._waiting_samples < self.max_wait:
+                    return  # the frames for this hole may still arrive
+                self.stats.jumps += 1
+                self.stats.gap_filled_samples += gap
+                self._feed(np.zeros(gap, dtype=np.int16))
+                continue
+            heapq.heappop(self._waiting)
+            self._waiting_starts.discard(start)
+            self._waiting_samples -= len(samples)
+            overlap = max(self.position - start, 0) if gap < -self.tolerance else 0
+            if overlap >= len(samples):
+                self.stats.late_frames += 1
+                self.stats.trimmed_samples += len(samples)
+                continue
+            self.stats.trimmed_samples += overlap
+            self._feed(samples[overlap:])
 
     def _feed(self, samples: np.ndarray) -> None:
         self.position += len(samples)
@@ -115,12 +158,12 @@ class Track:
 
 
 class Mixer:
-    """Aligns the expected tracks on one clock and mixes them into 16 kHz mono int16.
+    """Aligns the tracks on one clock and mixes them into 16 kHz mono int16.
 
     ``push`` returns whatever is ready: output for a span is released once every
-    track has covered it, or once the laggard is more than ``max_lead_ms`` behind
-    (it is then filled with silence). With a single track the samples pass
-    through bit-exact; with two, they are summed and bent by a soft limiter.
+    track has covered it, or once the laggard is more than ``max_wait_ms`` behind
+    the leader (it is then filled with silence). With a single track the samples
+    pass through bit-exact; with two, they are summed and bent by a soft limiter.
     """
 
     def __init__(
@@ -129,16 +172,16 @@ class Mixer:
         input_rate: int,
         decode: Callable[[bytes], np.ndarray],
         *,
-        max_lead_ms: int = 200,
+        max_wait_ms: int = 200,
     ) -> None:
         self.input_rate = input_rate
         self.decode = decode
-        self.max_lead = input_rate * max_lead_ms // 1000
+        self.max_wait = input_rate * max_wait_ms // 1000
         self._expected = list(dict.fromkeys(tracks)) or ["inbound"]
         self.tracks: dict[str, Track] = {}
         self.unexpected_tracks: list[str] = []
         self._origin: int | None = None
-        self.clipped_samples = 0
+        self.limited_samples = 0
 
     def push(self, track: str, timestamp_ms: int | None, payload: bytes) -> np.ndarray:
         """Decode one frame of ``track`` and return the mixed 16 kHz samples now ready."""
@@ -146,14 +189,14 @@ class Mixer:
         if self._origin is None:
             self._origin = 0 if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
             for name in self._expected:
-                self.tracks[name] = Track(name, self.input_rate, self._origin)
+                self.tracks[name] = self._new_track(name)
         current = self.tracks.get(track)
         if current is None:
             # A track `start` did not announce: mix it in from here rather than drop it.
             self.unexpected_tracks.append(track)
-            current = self.tracks[track] = Track(track, self.input_rate, self._origin)
+            current = self.tracks[track] = self._new_track(track)
         current.place(timestamp_ms, samples)
-        horizon = current.position - self.max_lead
+        horizon = current.position - self.max_wait
         for other in self.tracks.values():
             if other is not current and other.position < horizon:
                 other.fill_to(horizon)
@@ -163,11 +206,17 @@ class Mixer:
         """End of call: bring every track to the same end, drain the resamplers, mix the rest."""
         if not self.tracks:
             return np.zeros(0, dtype=np.int16)
+        for t in self.tracks.values():
+            t.settle()
         end = max(t.position for t in self.tracks.values())
         for t in self.tracks.values():
-            t.fill_to(end)
+            t.fill_to(end)  # a track that stopped early: silence to the common end
             t.flush()
         return self._emit()
+
+    def _new_track(self, name: str) -> Track:
+        assert self._origin is not None
+        return Track(name, self.input_rate, self._origin, self.max_wait)
 
     def _emit(self) -> np.ndarray:
         tracks = list(self.tracks.values())
@@ -189,7 +238,7 @@ class Mixer:
         peak = np.abs(total)
         over = peak > LIMITER_KNEE
         if over.any():
-            self.clipped_samples += int(over.sum())
+            self.limited_samples += int(over.sum())
             room = 32767 - LIMITER_KNEE
             bent = LIMITER_KNEE + room * np.tanh((peak[over] - LIMITER_KNEE) / room)
             total[over] = np.sign(total[over]) * bent

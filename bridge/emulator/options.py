@@ -1,0 +1,39 @@
+"""Emulator settings: everything a test or a human may want to vary, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPEAT_END_MODES = ("error", "reprocess")
+
+
+@dataclass
+class EmulatorOptions:
+    """How the emulator behaves where EkaScribe's docs leave room, or where tests need speed.
+
+    Defaults follow the docs (developer.eka.care); ``repeat_end="reprocess"`` switches
+    to what Eka's open-sourced server does instead.
+    """
+
+    audio_dir: Path | None = Path("emulator-audio")  # <session_id>.wav per session; None = write nothing
+    client_id: str | None = None  # None: any non-empty client_id/client_secret pair logs in
+    client_secret: str | None = None
+    static_tokens: frozenset[str] = frozenset()  # long-lived console tokens, valid as Bearer forever
+    token_ttl_s: float = 1800.0  # access token lifetime (``expires_in``)
+    refresh_ttl_s: float = 86400.0  # refresh token lifetime (``refresh_expires_in``)
+    processing_s: float = 2.0  # first End -> Get returns 200 completed
+    repeat_end: str = "error"  # "error": repeated End -> 400 (docs); "reprocess": 202 again (OSS)
+    session_ttl_s: float = 3600.0  # a session not ended by then is expired (docs: ~1 h)
+    long_poll_s: float = 0.0  # hold a Get on a processing session up to this long (OSS: ~14 s); 0 = docs
+
+    def __post_init__(self) -> None:
+        if self.repeat_end not in REPEAT_END_MODES:
+            raise ValueError(f"repeat_end must be one of {REPEAT_END_MODES}, not {self.repeat_end!r}")
+        if self.audio_dir is not None and not isinstance(self.audio_dir, Path):
+            self.audio_dir = Path(self.audio_dir)
+        if not isinstance(self.static_tokens, frozenset):
+            self.static_tokens = frozenset(self.static_tokens)
+        for name in ("token_ttl_s", "refresh_ttl_s", "processing_s", "session_ttl_s", "long_poll_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")

@@ -1,0 +1,128 @@
+"""What Get Session returns: the emulator's stand-in for transcription and templates.
+
+Nothing is recognised; the transcript and every document say so plainly and report
+how much audio arrived, which is what a test of the bridge actually needs to check.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from bridge.emulator.state import BYTES_PER_SAMPLE, EmulatedSession
+
+VAD_CHUNK_S = 20  # one emulated VAD chunk per started 20 s (P-SA: ~10-25 s; P-DI: 20 s)
+CHUNK_EXTENSION = "m4a"  # OSS converts stream chunks to m4a
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as in the docs' examples."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def audio_files(session: EmulatedSession) -> list[str]:
+    """The VAD chunks Eka would have stored: ``0.m4a``, ``1.m4a``, ... one per started 20 s."""
+    size = len(session.audio) if session.audio_bytes_at_end is None else session.audio_bytes_at_end
+    samples = size // BYTES_PER_SAMPLE
+    per_chunk = VAD_CHUNK_S * session.sample_rate
+    count = -(-samples // per_chunk)
+    return [f"{index}.{CHUNK_EXTENSION}" for index in range(count)]
+
+
+def transcript(session: EmulatedSession) -> str:
+    return (
+        "EkaScribe emulator: no speech recognition was performed. "
+        f"Received {session.committed_seconds:.2f} s of audio at {session.sample_rate} Hz "
+        f"in {session.stream_connections} stream connection(s)."
+    )
+
+
+def language_detected(session: EmulatedSession) -> str:
+    hints = session.request.get("language_hint") or []
+    for hint in hints:
+        if isinstance(hint, str) and len(hint) == 2:
+            return hint
+    return "en"
+
+
+def documents(session: EmulatedSession, template_id: str | None = None, document_id: str | None = None) -> list[dict[str, Any]]:
+    """``templates``: a list of single-key objects keyed by template id (P-YAML), filtered on request."""
+    items = []
+    for template, doc_id in session.documents.items():
+        if template_id is not None and template != template_id:
+            continue
+        if document_id is not None and doc_id != document_id:
+            continue
+        items.append(
+            {
+                template: {
+                    "status": "success",
+                    "document_id": doc_id,
+                    "document_type": template,
+                    "data": {
+                        "emulated": True,
+                        "message": "EkaScribe emulator: placeholder document, no clinical note was generated.",
+                        "audio_seconds": round(session.committed_seconds, 2),
+                    },
+                    "publish": {},
+                }
+            }
+        )
+    return items
+
+
+def pending_body(session: EmulatedSession, status: str) -> dict[str, Any]:
+    """The 202 ``SessionProcessingResponse``: ``initialized`` before End, ``processing`` after."""
+    files = audio_files(session)
+    return {
+        "session_id": session.session_id,
+        "status": status,
+        "created_at": iso(session.created_at),
+        "expires_at": iso(session.expires_at),
+        "upload_url": session.upload_url,
+        "audio_files_received": len(files),
+        "audio_files": files,
+        "additional_data": session.additional_data,
+        "transcript": "",
+        "patient_details": session.patient_details,
+    }
+
+
+def completed_body(session: EmulatedSession, templates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The 200 ``SessionCompletedResponse``."""
+    files = audio_files(session)
+    assert session.completed_at is not None
+    return {
+        "session_id": session.session_id,
+        "status": "completed",
+        "created_at": iso(session.created_at),
+        "completed_at": iso(session.completed_at),
+        "expires_at": iso(session.expires_at),
+        "upload_url": session.upload_url,
+        "model_used": session.model,
+        "language_detected": language_detected(session),
+        "audio_files_received": len(files),
+        "audio_files": files,
+        "additional_data": session.additional_data,
+        "transcript": transcript(session),
+        "templates": templates,
+        "patient_details": session.patient_details,
+    }
+
+
+def expired_body(session: EmulatedSession) -> dict[str, Any]:
+    """The 410 ``ExpiredSessionResponse`` (documented; Eka's OSS server never sends it)."""
+    files = audio_files(session)
+    return {
+        "session_id": session.session_id,
+        "status": "expired",
+        "created_at": iso(session.created_at),
+        "expired_at": iso(session.expires_at),
+        "message": "Session expired before processing was initiated",
+        "audio_files_received": len(files),
+        "audio_files": files,
+        "additional_data": session.additional_data,
+        "templates": {},
+        "transcript": None,
+        "upload_url": session.upload_url,
+    }
