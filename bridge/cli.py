@@ -93,7 +93,7 @@ def _start_dev_emulator(host: str, port: int) -> str:
     emulator = Emulator(
         EmulatorOptions(audio_dir=Path("emulator-audio"), static_tokens=frozenset({DEV_EMULATOR_TOKEN}))
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY applies
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

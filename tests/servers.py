@@ -17,7 +17,7 @@ async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
     The socket is bound and listening before the server task starts, so clients
     may connect at once (they wait in the backlog): no polling for readiness.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY applies
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

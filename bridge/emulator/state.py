@@ -41,8 +41,8 @@ class EmulatedSession:
     stream_opened_at: float | None = None  # first connection
     stream_closed_at: float | None = None  # last finalize
     stop_received: bool = False
-    ignored_frames: int = 0  # text frames OSS would ignore: not JSON, unknown event, empty/bad payload
     stop_reason: str | None = None
+    ignored_frames: int = 0  # text frames OSS would ignore: not JSON, unknown event, empty/bad payload
     end_calls: int = 0  # authenticated, non-faulted End requests, repeats included
     ended_at: float | None = None  # first successful End
     processing_started_at: float | None = None  # latest successful End (differs on reprocess)

@@ -1,0 +1,85 @@
+"""The real parts, wired together on loopback: EkaScribe emulator ← bridge ← call simulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bridge.app import Bridge
+from bridge.config import Settings
+from bridge.emulator import Emulator, EmulatorOptions
+from tests.servers import serve
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-secret-do-not-log"
+
+
+@dataclass
+class LogCapture:
+    """A structlog processor chain end that keeps every event dict (nothing is printed)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        self.events.append({**event, "log_level": method})
+        raise structlog.DropEvent
+
+    def logger(self) -> Any:
+        return structlog.wrap_logger(None, processors=[self], wrapper_class=structlog.BoundLogger)
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+@dataclass
+class Harness:
+    emulator: Emulator
+    bridge: Bridge
+    eka_url: str
+    bridge_url: str
+    logs: LogCapture
+
+    @property
+    def twilio_url(self) -> str:
+        return self.bridge_url.replace("http://", "ws://") + "/twilio/stream"
+
+    def only_session(self) -> Any:
+        assert len(self.emulator.sessions) == 1, list(self.emulator.sessions)
+        return next(iter(self.emulator.sessions.values()))
+
+
+def make_settings(eka_url: str, **overrides: Any) -> Settings:
+    base = Settings(
+        eka_base_url=eka_url,
+        eka_client_id=CLIENT_ID,
+        eka_client_secret=CLIENT_SECRET,
+        create_budget_s=10.0,
+        end_budget_s=10.0,
+        upstream_close_timeout_s=5.0,
+        http_timeout_s=5.0,
+    )
+    return replace(base, **overrides)
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, *, emulator_options: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[Harness]:
+    options = EmulatorOptions(
+        audio_dir=tmp_path / "eka-audio",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        processing_s=0.0,
+        **(emulator_options or {}),
+    )
+    emulator = Emulator(options)
+    logs = LogCapture()
+    async with serve(emulator.app) as eka_url:
+        bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
+        async with serve(bridge.app, ws_max_size=64 * 1024) as bridge_url:
+            yield Harness(emulator, bridge, eka_url, bridge_url, logs)
