@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,12 +21,16 @@ from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
+from bridge.ledger import Ledger
 from bridge.registry import CallRegistry
+from bridge.sweeper import Sweeper
 from bridge.telephony import twilio
 from bridge.telephony.events import ProtocolError
 
 #: How long shutdown waits for calls that are still finalizing (End Session in flight).
 SHUTDOWN_GRACE_S = 30.0
+#: Close code sent to a telephony socket that the bridge ends because it is shutting down.
+GOING_AWAY = 1001
 
 
 class Bridge:
@@ -46,10 +51,14 @@ class Bridge:
         self.log = log if log is not None else structlog.get_logger("bridge")
         self.calls = CallRegistry()
         self.eka: EkaClient | None = None
+        self.ledger = Ledger(settings.ledger_path, boot_id=secrets.token_hex(8))
+        self.sweeper: Sweeper | None = None
+        self.draining = False
         self._eka_transport = eka_transport
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
+                Route("/readyz", self.readyz),
                 WebSocketRoute("/twilio/stream", self.twilio_stream),
             ],
             lifespan=self._lifespan,
@@ -80,11 +89,55 @@ class Bridge:
                 backoff=backoff,
                 log=self.log,
             )
-            self.log.info("bridge_ready", eka_base_url=s.eka_base_url, development=s.development)
+            await self.ledger.open()
+            self.sweeper = Sweeper(
+                self.ledger,
+                self.eka,
+                grace_s=s.sweep_grace_s,
+                interval_s=s.sweep_interval_s,
+                log=self.log.bind(call_sid=None, stream_sid=None, session_id=None),
+            )
+            sweeping = asyncio.create_task(self.sweeper.run(), name="sweeper")
+            self.log.info(
+                "bridge_ready", eka_base_url=s.eka_base_url, development=s.development, ledger=s.ledger_path
+            )
             try:
                 yield
             finally:
                 await self._settle_calls()
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
+                await self.ledger.close()
+
+    # -- shutdown: drain, then finalize what is left ----------------------------------------
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking calls (readiness answers 503) and wait up to ``timeout_s`` for active ones."""
+        self.draining = True
+        self.log.warning("draining", active_calls=len(self.calls.active), drain_s=timeout_s)
+        try:
+            await self.calls.wait_idle(timeout_s)
+        except TimeoutError:
+            pass
+
+    async def finalize_all(self, reason: str = "shutdown") -> None:
+        """End every active call now: its socket is closed, its audio flushed, its session ended."""
+        self.draining = True
+        calls = list(self.calls.active)
+        if calls:
+            self.log.warning("finalizing_calls", active_calls=len(calls), reason=reason)
+        for call in calls:
+            call.end_request = reason
+            websocket = self.calls.sockets.get(call)
+            if websocket is not None:
+                try:
+                    await websocket.close(GOING_AWAY)
+                except RuntimeError:  # already closing
+                    pass
+        try:
+            await self.calls.wait_idle(self.settings.end_budget_s + 30)
+        except TimeoutError:
+            self.log.error("finalize_timed_out", active_calls=len(self.calls.active))
 
     async def _settle_calls(self) -> None:
         """Give calls that are still finalizing a bounded time before the HTTP client closes."""
@@ -99,12 +152,20 @@ class Bridge:
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "active_calls": len(self.calls.active)})
 
+    async def readyz(self, request: Request) -> JSONResponse:
+        """Ready for new calls; 503 while draining so load balancers send calls elsewhere."""
+        if self.draining:
+            return JSONResponse({"status": "draining", "active_calls": len(self.calls.active)}, 503)
+        return JSONResponse({"status": "ready", "active_calls": len(self.calls.active)})
+
     async def twilio_stream(self, websocket: WebSocket) -> None:
         """One Twilio Media Stream: read it to its end, whatever EkaScribe does meanwhile."""
         assert self.eka is not None
         await websocket.accept()
-        call = Call(provider=twilio.PROVIDER, settings=self.settings, eka=self.eka, log=self.log)
-        await self.calls.add(call)
+        call = Call(
+            provider=twilio.PROVIDER, settings=self.settings, eka=self.eka, log=self.log, ledger=self.ledger
+        )
+        await self.calls.add(call, websocket)
         reason = "socket_closed"
         try:
             while True:
@@ -126,6 +187,7 @@ class Bridge:
             reason = "error"
             call.log.exception("telephony_socket_error")
         finally:
+            reason = call.end_request or reason
             # Shielded: if this handler is cancelled, the call still finalizes in the background.
             await asyncio.shield(self._finish(call, reason))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ from bridge.config import Settings
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
 from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
-from bridge.outbox import PcmOutbox
+from bridge.ledger import Ledger
+from bridge.outbox import PcmOutbox, ReplayBuffer
 from bridge.telephony.events import (
     Connected,
     Dtmf,
@@ -60,23 +62,48 @@ def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
     raise ProtocolError("unsupported_format", fmt.encoding)
 
 
+@dataclass
+class SessionPart:
+    """One Eka session of a call; a call has more than one only after a lost stream socket."""
+
+    session_id: str
+    upload_url: str
+    number: int
+    connections: int = 0
+    end_status: str | None = None
+    end_task: asyncio.Task[None] | None = None
+
+
 class Call:
     """The state of one call; owned by the telephony socket handler that created it."""
 
-    def __init__(self, *, provider: str, settings: Settings, eka: EkaClient, log: Any) -> None:
+    def __init__(
+        self,
+        *,
+        provider: str,
+        settings: Settings,
+        eka: EkaClient,
+        log: Any,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.provider = provider
         self.settings = settings
         self.eka = eka
+        self.ledger = ledger
         self.log = log.bind(provider=provider, call_sid=None, stream_sid=None, session_id=None)
         self.started_at = time.monotonic()
         self.start: StreamStart | None = None
         self.mixer: Mixer | None = None
         self.outbox = PcmOutbox(int(settings.buffer_max_s * BYTES_PER_SECOND))
+        self.replay = ReplayBuffer(int(settings.replay_s * BYTES_PER_SECOND))
+        self._batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
+        self.parts: list[SessionPart] = []
         self.relay: asyncio.Task[None] | None = None
         self.session_id: str | None = None
         self.stopped = False
         self.finished = False
         self.end_reason: str | None = None
+        self.end_request: str | None = None  # set when the bridge itself ends the call (shutdown)
         self.failure: str | None = None
         self.end_status = "not_started"
         self.end_latency_ms: float | None = None
@@ -84,6 +111,8 @@ class Call:
         self.media_bytes = 0
         self.relayed_bytes = 0
         self.upstream_lost_bytes = 0
+        self.upstream_drops = 0
+        self.replayed_bytes = 0
         self.bad_messages: Counter[str] = Counter()
         self.ignored_events: Counter[str] = Counter()
         self._ended_at: float | None = None
@@ -152,63 +181,120 @@ class Call:
         if len(samples):
             self.outbox.put(pcm16_bytes(samples))
 
-    # -- 2. the relay: session, stream socket, End Session ---------------------------------
+    # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
 
     async def _relay(self) -> None:
+        """Create the session and stream into it; if its socket is lost for good, continue in a
+        new session for the same call. Every session opened is ended, once."""
         try:
-            created = await self.eka.create_session(self._session_body(), log=self.log)
-        except EkaError as exc:
-            self.end_status = "not_created"
-            self._fail("create_session", exc.reason)
-            self.outbox.discard()
-            return
-        self.session_id = created.session_id
-        self.log = self.log.bind(session_id=created.session_id)
-        self.log.info("eka_session_created")
-        try:
-            await self._stream(created.upload_url)
+            if self.ledger is not None and self.start is not None:
+                await self.ledger.call_started(self.start.call_id, self.provider)
+            part = await self._open_part(continues=None)
+            while part is not None:
+                outcome = await self._stream_into(part)
+                if outcome == "finished":
+                    break
+                self._end_later(part)
+                if len(self.parts) >= self.settings.max_session_parts:
+                    self._fail("upstream", f"gave up after {len(self.parts)} session(s)")
+                    self.upstream_lost_bytes += len(self.outbox)
+                    self.outbox.discard()
+                    break
+                part = await self._open_part(continues=part)
         finally:
-            await self._end_session()
+            for p in self.parts:
+                self._end_later(p)
+            await asyncio.gather(*(p.end_task for p in self.parts if p.end_task))
 
-    async def _stream(self, upload_url: str) -> None:
-        settings = self.settings
-        batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
+    async def _open_part(self, continues: SessionPart | None) -> SessionPart | None:
+        """Create Session (part 1, or a continuation after a lost stream); record it durably."""
+        number = len(self.parts) + 1
+        body = self._session_body()
+        if continues is not None:
+            body["additional_data"].update(part=number, continues_session=continues.session_id)
         try:
-            upstream = await UpstreamStream.open(
-                upload_url, wire_format=settings.stream_format, timeout_s=settings.upstream_close_timeout_s
-            )
-        except UPSTREAM_ERRORS as exc:
-            self._fail("upstream_connect", type(exc).__name__)
-            self.outbox.discard()
-            return
-        self.log.info("upstream_connected", wire_format=settings.stream_format)
-        try:
-            while (batch := await self.outbox.next_batch(batch_bytes)) is not None:
-                await upstream.send(batch)
-                self.relayed_bytes += len(batch)
-        except UPSTREAM_ERRORS as exc:
-            self._fail("upstream_send", type(exc).__name__)
+            created = await self.eka.create_session(body, log=self.log)
+        except EkaError as exc:
+            if continues is None:
+                self.end_status = "not_created"
+            self._fail("create_session", exc.reason)
             self.upstream_lost_bytes += len(self.outbox)
             self.outbox.discard()
-            upstream.abort()
-            return
-        close_code = await upstream.close(settings.upstream_close_timeout_s)
-        self.log.info("upstream_closed", close_code=close_code)
+            return None
+        part = SessionPart(created.session_id, created.upload_url, number)
+        self.parts.append(part)
+        self.session_id = part.session_id
+        self.log = self.log.bind(session_id=part.session_id)
+        if self.ledger is not None and self.start is not None:
+            await self.ledger.session_opened(part.session_id, self.start.call_id, self.provider, number)
+        self.log.info("eka_session_created", part=number)
+        return part
 
-    async def _end_session(self) -> None:
-        """Called once per session, after the stream socket is closed (or given up on)."""
-        assert self.session_id is not None
+    async def _stream_into(self, part: SessionPart) -> str:
+        """Send the outbox into ``part``'s socket until the call ends ("finished"), or the socket
+        is lost and a reconnect to the same URL is refused ("lost").
+
+        After a drop, the last ``replay_s`` of audio is sent again first: a seam may repeat a
+        little audio, never skip any.
+        """
+        settings = self.settings
+        reconnecting = False
+        while True:
+            try:
+                upstream = await UpstreamStream.open(
+                    part.upload_url,
+                    wire_format=settings.stream_format,
+                    timeout_s=settings.upstream_close_timeout_s,
+                )
+                if reconnecting or part.connections == 0 and self.replay:
+                    for chunk in list(self.replay):
+                        await upstream.send(chunk)
+                    self.replayed_bytes += self.replay.size
+            except UPSTREAM_ERRORS as exc:
+                self.log.warning("upstream_connect_failed", reason=_close_reason(exc), reconnect=reconnecting)
+                return "lost"
+            part.connections += 1
+            self.log.info("upstream_connected", wire_format=settings.stream_format, connection=part.connections)
+            try:
+                while (batch := await self.outbox.next_batch(self._batch_bytes)) is not None:
+                    await upstream.send(batch)
+                    self.replay.append(batch)
+                    self.relayed_bytes += len(batch)
+            except UPSTREAM_ERRORS as exc:
+                reason = _close_reason(exc)
+                upstream.abort()
+                self.upstream_drops += 1
+                self.log.warning("upstream_dropped", reason=reason)
+                if reconnecting or reason == "close_4000":
+                    return "lost"  # refused: this stream id is gone on the server
+                reconnecting = True
+                continue
+            close_code = await upstream.close(settings.upstream_close_timeout_s)
+            self.log.info("upstream_closed", close_code=close_code)
+            return "finished"
+
+    def _end_later(self, part: SessionPart) -> None:
+        if part.end_task is None:
+            part.end_task = asyncio.create_task(self._end_session(part), name=f"end-{part.session_id}")
+
+    async def _end_session(self, part: SessionPart) -> None:
+        """End one session, once, after its stream socket is closed (or given up on)."""
         started = time.monotonic()
+        log = self.log.bind(session_id=part.session_id)
         try:
-            result = await self.eka.end_session(self.session_id, log=self.log)
+            result = await self.eka.end_session(part.session_id, log=log)
         except EkaError as exc:
-            self.end_status = "end_failed"
+            part.end_status = "end_pending"
             self._fail("end_session", exc.reason)
+            if self.ledger is not None:
+                await self.ledger.session_end_pending(part.session_id, exc.reason)
             return
         finally:
             self.end_latency_ms = round((time.monotonic() - started) * 1000, 1)
-        self.end_status = result.settled
-        self.log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
+        part.end_status = result.settled
+        if self.ledger is not None:
+            await self.ledger.session_ended(part.session_id, result.settled)
+        log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
 
     def _fail(self, stage: str, reason: str) -> None:
         self.failure = f"{stage}: {reason}"
@@ -261,10 +347,15 @@ class Call:
             except Exception as exc:  # a bug, not an Eka failure: still summarise the call
                 self._fail("relay", type(exc).__name__)
                 self.log.exception("relay_crashed")
-        elif self.start is None:
+        if self.start is None:
             self.end_status = "no_start"
+        elif self.parts:
+            statuses = {p.end_status for p in self.parts}
+            self.end_status = "end_pending" if statuses - {"ended", "already_ended", "gone"} else "ended"
         summary = self.summary()
         self.log.info("call_summary", **summary)
+        if self.ledger is not None and self.start is not None:
+            await self.ledger.call_finished(self.start.call_id, summary)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -287,4 +378,18 @@ class Call:
             "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
             "bad_messages": dict(self.bad_messages),
             "end_latency_ms": self.end_latency_ms,
+            "sessions": [{"session_id": p.session_id, "end_status": p.end_status} for p in self.parts],
+            "upstream_drops": self.upstream_drops,
+            "replayed_bytes": self.replayed_bytes,
         }
+
+
+def _close_reason(exc: BaseException) -> str:
+    """A short label for how an upstream socket failed (``close_4000``, ``http_503``, …)."""
+    received = getattr(exc, "rcvd", None)
+    if received is not None:
+        return f"close_{received.code}"
+    response = getattr(exc, "response", None)
+    if response is not None and hasattr(response, "status_code"):
+        return f"http_{response.status_code}"
+    return type(exc).__name__

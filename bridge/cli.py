@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
@@ -10,6 +11,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -71,19 +74,64 @@ def serve_command(args: argparse.Namespace) -> int:
     public = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"bridge: Twilio stream URL {stream_url(public, '/twilio/stream')}", file=sys.stderr)
 
-    from bridge.app import create_app
+    from bridge.app import Bridge
 
+    bridge = Bridge(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        bridge.app,
         host=args.host,
         port=args.port,
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         log_level="warning",
         proxy_headers=True,
-        timeout_graceful_shutdown=60,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, bridge).run()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but a signal never cuts a live call.
+
+    uvicorn's own shutdown closes open WebSockets at once (1012), which would cut
+    hour-long consultations. Here the first SIGTERM/SIGINT starts a drain: readiness
+    answers 503 and new calls are refused while active ones run on for up to
+    ``BRIDGE_DRAIN_S``; then whatever remains is finalized (flush, close upstream,
+    End Session) and only then does uvicorn stop. A second signal skips the wait.
+    """
+
+    def __init__(self, config: uvicorn.Config, bridge: Any) -> None:
+        super().__init__(config)
+        self.bridge = bridge
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._skip_wait = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is None:
+            self.should_exit = True
+            return
+        self._loop.call_soon_threadsafe(self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._draining is None:
+            print(f"bridge: signal {sig}: draining calls (a second signal finalizes them now)", file=sys.stderr)
+            self._draining = asyncio.create_task(self._drain_then_exit())
+        else:
+            print(f"bridge: signal {sig}: finalizing active calls now", file=sys.stderr)
+            self._skip_wait.set()
+
+    async def _drain_then_exit(self) -> None:
+        drain = asyncio.create_task(self.bridge.drain(self.bridge.settings.drain_s))
+        skip = asyncio.create_task(self._skip_wait.wait())
+        await asyncio.wait({drain, skip}, return_when=asyncio.FIRST_COMPLETED)
+        drain.cancel()
+        skip.cancel()
+        await self.bridge.finalize_all("shutdown")
+        self.should_exit = True
 
 
 def _start_dev_emulator(host: str, port: int) -> str:

@@ -54,6 +54,12 @@ class Settings:
     end_budget_s: float = 120.0
     http_timeout_s: float = 20.0
     max_track_wait_ms: int = 200
+    replay_s: float = 1.0
+    max_session_parts: int = 10
+    ledger_path: str = "bridge-ledger.db"
+    drain_s: float = 3600.0
+    sweep_grace_s: float = 10.0
+    sweep_interval_s: float = 60.0
     development: bool = False
     log_format: str = "json"
 
@@ -86,6 +92,12 @@ class Settings:
             end_budget_s=r.number("EKA_END_RETRY_BUDGET_S", 120.0, 0, 3600),
             http_timeout_s=r.number("EKA_HTTP_TIMEOUT_S", 20.0, 1, 120),
             max_track_wait_ms=int(r.number("BRIDGE_TRACK_WAIT_MS", 200, 20, 5000)),
+            replay_s=r.number("BRIDGE_REPLAY_S", 1.0, 0, 30),
+            max_session_parts=int(r.number("BRIDGE_MAX_SESSION_PARTS", 10, 1, 100)),
+            ledger_path=r.text("BRIDGE_LEDGER_PATH") or "bridge-ledger.db",
+            drain_s=r.number("BRIDGE_DRAIN_S", 3600.0, 0, 86400),
+            sweep_grace_s=r.number("BRIDGE_SWEEP_GRACE_S", 10.0, 0, 3600),
+            sweep_interval_s=r.number("BRIDGE_SWEEP_INTERVAL_S", 60.0, 0.1, 86400),
             development=dev,
             log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json")
             or "json",

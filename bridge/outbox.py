@@ -8,6 +8,7 @@ dropped and counted. The writer awaits whole batches.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 
 class PcmOutbox:
@@ -65,3 +66,27 @@ class PcmOutbox:
         batch = bytes(self._buf[:size])
         del self._buf[:size]
         return batch
+
+
+class ReplayBuffer:
+    """The last ``max_bytes`` of audio sent upstream, re-sent after a reconnect so a seam
+    may repeat audio but never lose it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: deque[bytes] = deque()
+        self.size = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._chunks)
+
+    def append(self, chunk: bytes) -> None:
+        if self.max_bytes <= 0:
+            return
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        while self._chunks and self.size - len(self._chunks[0]) >= self.max_bytes:
+            self.size -= len(self._chunks.popleft())

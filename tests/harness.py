@@ -80,6 +80,7 @@ async def running(
     emulator = Emulator(options)
     logs = LogCapture()
     async with serve(emulator.app) as eka_url:
+        settings.setdefault("ledger_path", str(tmp_path / "ledger.db"))
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
         async with serve(bridge.app, ws_max_size=64 * 1024) as bridge_url:
             yield Harness(emulator, bridge, eka_url, bridge_url, logs)

@@ -23,7 +23,7 @@ class CreatedSession:
 @dataclass(frozen=True)
 class EndResult:
     status: int
-    settled: str  # "ended" (202), or "already_ended" / "not_found" (nothing more to do)
+    settled: str  # "ended" (202), or "already_ended" / "gone" (404, 410): nothing more to do
 
 
 def new_session_id() -> str:
@@ -80,11 +80,11 @@ class EkaClient:
         )
         if response.status_code in (200, 202):
             return EndResult(response.status_code, "ended")
-        if response.status_code == 400 and tries > 1:
-            # Our earlier attempt landed and this is the documented "already ended" answer.
+        if response.status_code == 400 and (tries > 1 or _says_already_ended(response)):
+            # The documented answer to a repeated End: an earlier attempt (ours) landed.
             return EndResult(400, "already_ended")
         if response.status_code in (404, 410):
-            return EndResult(response.status_code, "not_found")
+            return EndResult(response.status_code, "gone")
         raise EkaError("end", _error_reason(response), response.status_code, tries)
 
     async def get_session(self, session_id: str, *, log: Any | None = None) -> httpx.Response:
@@ -122,6 +122,11 @@ class EkaClient:
             log.warning("eka_unauthorized", op=op, action="renewing token and trying once more")
             await self._tokens.invalidate(token)
         raise AssertionError("unreachable")
+
+
+def _says_already_ended(response: httpx.Response) -> bool:
+    text = response.text[:500].lower()
+    return "already" in text or "ended" in text
 
 
 def _error_reason(response: httpx.Response) -> str:

@@ -1,0 +1,62 @@
+"""Ends the sessions no live call will end: orphans of a crashed process, and Ends that ran
+out of retry budget. Runs for the life of the process, off every call's path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bridge.eka.client import EkaClient
+from bridge.eka.retry import EkaError
+from bridge.ledger import Ledger
+
+
+class Sweeper:
+    def __init__(self, ledger: Ledger, eka: EkaClient, *, grace_s: float, interval_s: float, log: Any) -> None:
+        self.ledger = ledger
+        self.eka = eka
+        self.grace_s = grace_s
+        self.interval_s = interval_s
+        self.log = log
+        self.settled = 0
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """First sweep after ``grace_s`` (a crashed process's sessions are orphans by then), then
+        every ``interval_s`` or when woken."""
+        await self._pause(self.grace_s)
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:  # the sweeper must outlive any one bad row or ledger hiccup
+                self.log.exception("sweep_failed")
+            await self._pause(self.interval_s)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def sweep_once(self) -> int:
+        """End every unsettled session once; returns how many settled."""
+        rows = await self.ledger.unsettled(orphaned_before=time.time() - self.grace_s)
+        settled = 0
+        for row in rows:
+            log = self.log.bind(call_sid=row.call_sid, session_id=row.session_id, stream_sid=None)
+            try:
+                result = await self.eka.end_session(row.session_id, log=log)
+            except EkaError as exc:
+                await self.ledger.session_end_pending(row.session_id, exc.reason)
+                log.warning("sweep_end_failed", reason=exc.reason, attempts=row.end_attempts + 1)
+                continue
+            await self.ledger.session_ended(row.session_id, result.settled)
+            settled += 1
+            log.info("sweep_session_ended", was=row.state, status=result.settled, orphan=row.boot_id != self.ledger.boot_id)
+        self.settled += settled
+        return settled
+
+    async def _pause(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
