@@ -69,7 +69,7 @@ class Bridge:
         s = self.settings
         timeout = httpx.Timeout(s.http_timeout_s, connect=min(10.0, s.http_timeout_s))
         async with httpx.AsyncClient(timeout=timeout, transport=self._eka_transport) as http:
-            backoff = Backoff()
+            backoff = Backoff(s.backoff_base_s, s.backoff_max_s)
             tokens = TokenProvider(
                 http,
                 base_url=s.eka_base_url,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +86,11 @@ class Call:
         eka: EkaClient,
         log: Any,
         ledger: Ledger | None = None,
+        session_overrides: Callable[[StreamStart], dict[str, Any]] | None = None,
     ) -> None:
         self.provider = provider
+        #: Per-call Create Session options, from the call's ``start`` (its route; see _session_body).
+        self.session_overrides = session_overrides
         self.settings = settings
         self.eka = eka
         self.ledger = ledger
@@ -112,6 +116,7 @@ class Call:
         self.relayed_bytes = 0
         self.upstream_lost_bytes = 0
         self.upstream_drops = 0
+        self._dropping = False
         self.replayed_bytes = 0
         self.bad_messages: Counter[str] = Counter()
         self.ignored_events: Counter[str] = Counter()
@@ -179,7 +184,17 @@ class Call:
 
     def _queue(self, samples: np.ndarray) -> None:
         if len(samples):
+            dropped = self.outbox.dropped_bytes
             self.outbox.put(pcm16_bytes(samples))
+            if self.outbox.dropped_bytes > dropped and not self._dropping:
+                self._dropping = True  # one warning per episode; the summary has the total
+                self.log.warning(
+                    "audio_dropped",
+                    reason="upstream too slow or unreachable; outbox full",
+                    buffer_max_s=self.settings.buffer_max_s,
+                )
+            elif self._dropping and len(self.outbox) < self.outbox.max_bytes // 2:
+                self._dropping = False
 
     # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
 
@@ -257,8 +272,8 @@ class Call:
             self.log.info("upstream_connected", wire_format=settings.stream_format, connection=part.connections)
             try:
                 while (batch := await self.outbox.next_batch(self._batch_bytes)) is not None:
+                    self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
-                    self.replay.append(batch)
                     self.relayed_bytes += len(batch)
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
@@ -321,6 +336,14 @@ class Call:
             body["model"] = s.model
         if s.language_hint:
             body["language_hint"] = list(s.language_hint)
+        overrides = self.session_overrides(self.start) if self.session_overrides else {}
+        for key, value in overrides.items():  # empty values remove; the call's identity stays
+            if key == "additional_data":
+                body["additional_data"] = {**value, **body["additional_data"]}
+            elif value in (None, "", []):
+                body.pop(key, None)
+            else:
+                body[key] = value
         params = self.start.custom_parameters
         for route in s.param_routes:
             value = params.get(route.param)
@@ -375,6 +398,7 @@ class Call:
             "reordered_frames": sum(s.reordered_frames for s in stats),
             "limited_samples": mixer.limited_samples if mixer else 0,
             "dropped_bytes": self.outbox.dropped_bytes,
+            "outbox_high_water_bytes": self.outbox.high_water_bytes,
             "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
             "bad_messages": dict(self.bad_messages),
             "end_latency_ms": self.end_latency_ms,

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bridge.routing import DEFAULT_CONSENT_TEXT, MODES as CALL_MODES, RoutingTable, is_e164, load_routes
+
 DEFAULT_EKA_BASE_URL = "https://api.eka.care"
 SESSION_MODES = ("consultation", "dictation")
 MODELS = ("lite", "pro")
@@ -53,6 +55,8 @@ class Settings:
     create_budget_s: float = 30.0
     end_budget_s: float = 120.0
     http_timeout_s: float = 20.0
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 8.0
     max_track_wait_ms: int = 200
     replay_s: float = 1.0
     max_session_parts: int = 10
@@ -62,6 +66,18 @@ class Settings:
     sweep_interval_s: float = 60.0
     development: bool = False
     log_format: str = "json"
+    # The front door (Twilio webhooks, per-number routing, limits): see bridge/routing.py.
+    call_mode: str = "forward"
+    forward_number: str | None = None
+    consent: bool = True
+    consent_text: str = DEFAULT_CONSENT_TEXT
+    consent_voice: str | None = None
+    consent_language: str | None = None
+    routes: RoutingTable | None = None
+    ws_max_bytes: int = 64 * 1024
+    max_calls: int = 100
+    max_call_s: float = 4 * 3600.0
+    media_idle_s: float = 30.0
 
     @property
     def has_eka_credentials(self) -> bool:
@@ -91,6 +107,8 @@ class Settings:
             create_budget_s=r.number("EKA_CREATE_RETRY_BUDGET_S", 30.0, 0, 600),
             end_budget_s=r.number("EKA_END_RETRY_BUDGET_S", 120.0, 0, 3600),
             http_timeout_s=r.number("EKA_HTTP_TIMEOUT_S", 20.0, 1, 120),
+            backoff_base_s=r.number("EKA_BACKOFF_BASE_S", 0.25, 0.001, 60),
+            backoff_max_s=r.number("EKA_BACKOFF_MAX_S", 8.0, 0.01, 600),
             max_track_wait_ms=int(r.number("BRIDGE_TRACK_WAIT_MS", 200, 20, 5000)),
             replay_s=r.number("BRIDGE_REPLAY_S", 1.0, 0, 30),
             max_session_parts=int(r.number("BRIDGE_MAX_SESSION_PARTS", 10, 1, 100)),
@@ -101,6 +119,17 @@ class Settings:
             development=dev,
             log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json")
             or "json",
+            call_mode=r.choice("BRIDGE_MODE", CALL_MODES, "forward") or "forward",
+            forward_number=r.e164("BRIDGE_FORWARD_NUMBER"),
+            consent=r.flag("BRIDGE_CONSENT", True),
+            consent_text=r.text("BRIDGE_CONSENT_TEXT") or DEFAULT_CONSENT_TEXT,
+            consent_voice=r.text("BRIDGE_CONSENT_VOICE"),
+            consent_language=r.text("BRIDGE_CONSENT_LANGUAGE"),
+            routes=r.routes("BRIDGE_ROUTES_FILE"),
+            ws_max_bytes=int(r.number("BRIDGE_WS_MAX_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024)),
+            max_calls=int(r.number("BRIDGE_MAX_CALLS", 100, 1, 100_000)),
+            max_call_s=r.number("BRIDGE_MAX_CALL_S", 4 * 3600.0, 1, 86400),
+            media_idle_s=r.number("BRIDGE_MEDIA_IDLE_S", 30.0, 0.1, 3600),
         )
         if bool(settings.eka_client_id) != bool(settings.eka_client_secret):
             r.problems.append("EKA_CLIENT_ID and EKA_CLIENT_SECRET must be set together")
@@ -175,6 +204,21 @@ class _Reader:
             self.problems.append(f"{name}={value!r} must be an absolute {'/'.join(schemes)} URL")
             return default
         return value.rstrip("/")
+
+    def e164(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and not is_e164(value):
+            self.problems.append(f"{name}={value!r} is not an E.164 number (like +15551234567)")
+            return None
+        return value
+
+    def routes(self, name: str) -> RoutingTable | None:
+        path = self.text(name)
+        if path is None:
+            return None
+        table, problems = load_routes(path)
+        self.problems.extend(problems)
+        return table
 
     def param_routes(self, name: str, default: str) -> tuple[ParamRoute, ...]:
         value = self.env.get(name, default).strip()

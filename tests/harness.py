@@ -62,6 +62,8 @@ def make_settings(eka_url: str, **overrides: Any) -> Settings:
         end_budget_s=10.0,
         upstream_close_timeout_s=5.0,
         http_timeout_s=5.0,
+        backoff_base_s=0.02,
+        backoff_max_s=0.2,
     )
     return replace(base, **overrides)
 
