@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,11 +13,13 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge.call import Call
+from bridge.front_door import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
+from bridge.limits import LIMIT_REACHED, StreamLimits
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
@@ -55,11 +58,19 @@ class Bridge:
         self.sweeper: Sweeper | None = None
         self.draining = False
         self._eka_transport = eka_transport
+        #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
+        self.rejections: Counter[str] = Counter()
+        self.front = TwilioFrontDoor(settings, log=self.log, rejections=self.rejections)
+        self._admitting = 0  # streams past the capacity check but not yet in self.calls
+        self.front.announce()
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
                 Route("/readyz", self.readyz),
-                WebSocketRoute("/twilio/stream", self.twilio_stream),
+                WebSocketRoute(STREAM_PATH, self.twilio_stream),
+                # Twilio signs the URL exactly as configured, so both spellings are served as-is.
+                *(Route(p, self.front.voice, methods=["POST"]) for p in (VOICE_PATH, VOICE_PATH + "/")),
+                *(Route(p, self.front.stream_status, methods=["POST"]) for p in (STATUS_PATH, STATUS_PATH + "/")),
             ],
             lifespan=self._lifespan,
         )
@@ -161,22 +172,53 @@ class Bridge:
     async def twilio_stream(self, websocket: WebSocket) -> None:
         """One Twilio Media Stream: read it to its end, whatever EkaScribe does meanwhile."""
         assert self.eka is not None
-        await websocket.accept()
-        call = Call(
-            provider=twilio.PROVIDER, settings=self.settings, eka=self.eka, log=self.log, ledger=self.ledger
-        )
-        await self.calls.add(call, websocket)
+        if self.draining:
+            await refuse(websocket, 503, "draining")
+            return
+        try:  # signature, then capacity: refused with an HTTP status before accept, no Eka call
+            self.front.check_upgrade(websocket)
+            if len(self.calls.active) + self._admitting >= self.settings.max_calls:
+                raise Refused(503, "too_many_calls")
+        except Refused as refused:
+            self.front.reject("stream", refused.reason, status=refused.status, conn=websocket)
+            await refuse(websocket, refused.status, refused.reason)
+            return
+        self._admitting += 1
+        try:
+            await websocket.accept()
+            call = Call(
+                provider=twilio.PROVIDER,
+                settings=self.settings,
+                eka=self.eka,
+                log=self.log,
+                ledger=self.ledger,
+                session_overrides=self.front.session_overrides,
+            )
+            await self.calls.add(call, websocket)
+        finally:
+            self._admitting -= 1
         reason = "socket_closed"
+        limits = StreamLimits(media_idle_s=self.settings.media_idle_s, max_call_s=self.settings.max_call_s)
         try:
             while True:
-                message = await websocket.receive()
+                message = await limits.receive(websocket)
+                if message["type"] == LIMIT_REACHED:
+                    reason = message["reason"]
+                    call.log.warning("call_limit_reached", reason=reason)
+                    await websocket.close(1000)
+                    break
                 if message["type"] == "websocket.disconnect":
+                    if message.get("code") == 1009:  # the server refused a message over ws_max_bytes
+                        self.front.reject("stream", "message_too_big", conn=websocket)
                     break
                 text = message.get("text")
                 if text is None:
                     call.protocol_error(ProtocolError("binary_frame"))
                     continue
+                frames = call.media_frames
                 self._handle(call, text)
+                if call.media_frames != frames:
+                    limits.media_seen()
                 if call.stopped:
                     reason = "stop"
                     await websocket.close(1000)
@@ -206,7 +248,17 @@ class Bridge:
 
     async def _finish(self, call: Call, reason: str) -> None:
         summary = await call.finish(reason)
+        self.rejections.update({f"message:{r}": n for r, n in summary["bad_messages"].items()})
         await self.calls.done(call, summary)
+
+
+async def refuse(websocket: WebSocket, status: int, reason: str) -> None:
+    """Answer the upgrade with a plain HTTP error, before accepting: no socket, no Eka session."""
+    response = PlainTextResponse(reason, status_code=status)
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:  # a server without the denial extension: uvicorn then answers 403
+        await websocket.close(1008)
 
 
 def create_app(settings: Settings, **kwargs: Any) -> Starlette:

@@ -20,8 +20,6 @@ from bridge import __version__
 from bridge.config import ConfigError, Settings, stream_url
 from bridge.logging import configure
 
-#: Largest telephony WebSocket message accepted (a 20 ms media frame is ~300 bytes).
-WS_MAX_MESSAGE_BYTES = 64 * 1024
 DEV_EMULATOR_TOKEN = "dev-emulator-token"
 
 
@@ -73,6 +71,7 @@ def serve_command(args: argparse.Namespace) -> int:
         )
     public = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"bridge: Twilio stream URL {stream_url(public, '/twilio/stream')}", file=sys.stderr)
+    print(f"bridge: Twilio voice webhook (POST) {public}/twilio/voice", file=sys.stderr)
 
     from bridge.app import Bridge
 
@@ -81,7 +80,7 @@ def serve_command(args: argparse.Namespace) -> int:
         bridge.app,
         host=args.host,
         port=args.port,
-        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009
         log_level="warning",
         proxy_headers=True,
     )
@@ -109,6 +108,11 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # the port is bound: say so (process supervisors and tests wait for this)
+            print(f"bridge: listening on {self.config.host}:{self.config.port}", file=sys.stderr, flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is None:

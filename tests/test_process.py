@@ -1,0 +1,197 @@
+"""Signals and crashes, with the bridge as a real subprocess (`python -m bridge serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from bridge.audio.resample import HALF_SPAN
+from bridge.emulator import Emulator, EmulatorOptions
+from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from tests.harness import CLIENT_ID, CLIENT_SECRET
+from tests.servers import serve
+from tests.test_call import received_pcm, ulaw_call
+from tests.test_failures import expected_stream
+
+pytestmark = pytest.mark.anyio
+TWILIO_TOKEN = "twilio-test-token"
+
+
+class BridgeProcess:
+    """`python -m bridge serve` on a free loopback port; its output is read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.lines: list[str] = []
+        self._seen = asyncio.Condition()
+        self._readers = [asyncio.create_task(self._read(s)) for s in (proc.stdout, proc.stderr) if s]
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio/stream"
+
+    @classmethod
+    async def start(cls, eka_url: str, ledger: Path, **env: str) -> BridgeProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        environment = {
+            "PATH": os.environ.get("PATH", ""),
+            "EKA_API_BASE_URL": eka_url,
+            "EKA_CLIENT_ID": CLIENT_ID,
+            "EKA_CLIENT_SECRET": CLIENT_SECRET,
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "BRIDGE_LEDGER_PATH": str(ledger),
+            "BRIDGE_LOG_FORMAT": "json",
+            "EKA_BACKOFF_BASE_S": "0.02",
+            **env,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port),
+            env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        bridge = cls(proc, port)
+        await bridge.wait_for_line(lambda line: "bridge: listening on" in line, 20)
+        return bridge
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            async with self._seen:
+                self.lines.append(line.decode(errors="replace"))
+                self._seen.notify_all()
+
+    async def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        async with asyncio.timeout(timeout):
+            async with self._seen:
+                await self._seen.wait_for(lambda: any(predicate(line) for line in self.lines))
+        return next(line for line in self.lines if predicate(line))
+
+    async def exit_code(self, timeout: float) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(*self._readers)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+@asynccontextmanager
+async def emulator_running(tmp_path: Path) -> AsyncIterator[tuple[Emulator, str]]:
+    emulator = Emulator(
+        EmulatorOptions(
+            audio_dir=tmp_path / "eka-audio", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, processing_s=0
+        )
+    )
+    async with serve(emulator.app) as url:
+        yield emulator, url
+
+
+def audio_arrived(emulator: Emulator, seconds: float) -> Callable[[], bool]:
+    return lambda: any(len(s.audio) >= seconds * 32000 for s in emulator.sessions.values())
+
+
+async def test_sigterm_mid_call_drains_then_finalizes_before_exit(tmp_path: Path) -> None:
+    audio = ulaw_call(20.0)
+    async with emulator_running(tmp_path) as (emulator, eka_url):
+        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_DRAIN_S="1.5")
+        try:
+            url = bridge.stream_url
+            calling = asyncio.create_task(
+                replay(url, plan_messages(TwilioCall(), audio), pace=1.0, auth_token=TWILIO_TOKEN)
+            )
+            await emulator.wait_for(audio_arrived(emulator, 0.5), 15)
+            bridge.proc.send_signal(signal.SIGTERM)
+            await bridge.wait_for_line(lambda line: "draining calls" in line, 10)
+
+            # Draining: not ready, new calls refused at the handshake, the live call goes on.
+            async with httpx.AsyncClient() as http:
+                ready = await http.get(f"http://127.0.0.1:{bridge.port}/readyz")
+                health = await http.get(f"http://127.0.0.1:{bridge.port}/healthz")
+            assert ready.status_code == 503 and health.status_code == 200
+            with pytest.raises(InvalidStatus) as refused:
+                await replay(url, plan_messages(TwilioCall(), audio[:1600]), pace=50, auth_token=TWILIO_TOKEN)
+            assert refused.value.response.status_code == 503
+            assert not calling.done()
+
+            result = await asyncio.wait_for(calling, 30)  # finalized once the drain time is up
+            code = await bridge.exit_code(30)
+        finally:
+            bridge.kill()
+        (session,) = emulator.sessions.values()
+
+    assert code == 0
+    assert result.close_code == 1001 and not result.completed  # the bridge ended the call
+    assert session.end_calls == 1 and session.stream_closed_at <= session.ended_at
+    pcm = received_pcm(session)
+    full = expected_stream(audio)
+    settled = len(pcm) - 2 * HALF_SPAN  # the flushed tail has silence for look-ahead, as it should
+    assert np.array_equal(pcm[:settled], full[:settled])  # everything up to the end, in order
+    assert len(pcm) >= 2 * 1.5 * 8000  # at least the drain period's worth
+    assert any('"end_reason": "shutdown"' in line for line in bridge.lines)
+
+
+async def test_a_second_signal_finalizes_at_once(tmp_path: Path) -> None:
+    audio = ulaw_call(20.0)
+    async with emulator_running(tmp_path) as (emulator, eka_url):
+        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_DRAIN_S="3600")
+        try:
+            calling = asyncio.create_task(
+                replay(bridge.stream_url, plan_messages(TwilioCall(), audio), pace=1.0, auth_token=TWILIO_TOKEN)
+            )
+            await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
+            bridge.proc.send_signal(signal.SIGTERM)
+            await bridge.wait_for_line(lambda line: "draining calls" in line, 10)
+            bridge.proc.send_signal(signal.SIGINT)
+            result = await asyncio.wait_for(calling, 15)
+            code = await bridge.exit_code(15)
+        finally:
+            bridge.kill()
+        (session,) = emulator.sessions.values()
+
+    assert code == 0 and result.close_code == 1001
+    assert session.end_calls == 1
+
+
+async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path: Path) -> None:
+    audio = ulaw_call(20.0)
+    ledger = tmp_path / "ledger.db"
+    async with emulator_running(tmp_path) as (emulator, eka_url):
+        first = await BridgeProcess.start(eka_url, ledger)
+        try:
+            calling = asyncio.create_task(
+                replay(first.stream_url, plan_messages(TwilioCall(), audio), pace=1.0, auth_token=TWILIO_TOKEN)
+            )
+            await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
+            first.proc.kill()  # a crash: no finally, no End Session
+            await first.exit_code(10)
+            await asyncio.gather(calling, return_exceptions=True)
+        finally:
+            first.kill()
+        (session,) = emulator.sessions.values()
+        assert session.ended_at is None and session.end_calls == 0  # left open by the crash
+
+        second = await BridgeProcess.start(eka_url, ledger, BRIDGE_SWEEP_GRACE_S="0.2")
+        try:
+            await emulator.wait_for(lambda: session.ended_at is not None, 15)
+            swept = await second.wait_for_line(lambda line: "sweep_session_ended" in line, 10)
+            second.proc.send_signal(signal.SIGTERM)
+            code = await second.exit_code(15)
+        finally:
+            second.kill()
+
+    assert session.end_calls == 1
+    assert session.session_id in swept and '"orphan": true' in swept
+    assert code == 0
