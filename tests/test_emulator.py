@@ -18,7 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bridge.emulator import EmulatedSession, Emulator, EmulatorOptions
-from bridge.emulator.cli import add_arguments, options_from
+from bridge.emulator.cli import add_arguments, apply_faults, options_from
+from bridge.emulator.faults import Faults
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -396,3 +397,20 @@ def test_cli_arguments_build_options() -> None:
     options = options_from(args)
     assert options.static_tokens == frozenset({"a", "b"}) and options.processing_s == 0.5
     assert options.audio_dir == Path("emulator-audio")
+
+
+def test_cli_fault_knobs_queue_faults() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--fail", "create:503:5", "--fail", "end:429:2:1.5", "--delay", "login:0.2", "--drop-stream-after", "64000"]
+    )
+    faults = Faults()
+    apply_faults(faults, args)
+    pending = faults.pending()
+    assert pending["failures"]["create"] == [{"status": 503, "remaining": 5, "retry_after": None}]
+    assert pending["failures"]["end"] == [{"status": 429, "remaining": 2, "retry_after": 1.5}]
+    assert pending["delays"] == {"login": 0.2}
+    assert pending["stream_drops"] == [{"after_bytes": 64000, "remaining": 1, "keep_registration": False}]
+    with pytest.raises(ValueError, match="--fail 'create'"):
+        apply_faults(Faults(), parser.parse_args(["--fail", "create"]))

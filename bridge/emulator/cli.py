@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from bridge.emulator.app import Emulator
+from bridge.emulator.faults import Faults
 from bridge.emulator.options import EmulatorOptions
 
 
@@ -53,6 +54,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    faults = parser.add_argument_group("faults (for failure drills)")
+    faults.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="OP:STATUS[:COUNT[:RETRY_AFTER]]",
+        help="answer the next COUNT (default 1) requests of OP (login, refresh, create, end, get, stream)"
+        " with STATUS, e.g. create:503:5 or end:429:3:2; repeatable",
+    )
+    faults.add_argument(
+        "--delay", action="append", default=[], metavar="OP:SECONDS", help="added latency for every OP request"
+    )
+    faults.add_argument(
+        "--drop-stream-after",
+        type=int,
+        metavar="BYTES",
+        help="close the next stream socket with 1011 after BYTES of audio (a reconnect then gets 4000)",
+    )
+    faults.add_argument(
+        "--keep-stream-on-drop", action="store_true", help="with --drop-stream-after: let the client reconnect"
+    )
+
+
+def apply_faults(faults: Faults, args: argparse.Namespace) -> None:
+    """Queue the faults given on the command line; ValueError names the bad one."""
+    for spec in args.fail:
+        parts = spec.split(":")
+        try:
+            op, status = parts[0], int(parts[1])
+            count = int(parts[2]) if len(parts) > 2 else 1
+            retry_after = float(parts[3]) if len(parts) > 3 else None
+            if len(parts) > 4 or not op:
+                raise IndexError
+        except (IndexError, ValueError):
+            raise ValueError(f"--fail {spec!r}: expected OP:STATUS[:COUNT[:RETRY_AFTER]]") from None
+        faults.fail(op, status, count, retry_after)
+    for spec in args.delay:
+        op, _, seconds = spec.partition(":")
+        try:
+            faults.delay(op, float(seconds))
+        except ValueError:
+            raise ValueError(f"--delay {spec!r}: expected OP:SECONDS") from None
+    if args.drop_stream_after is not None:
+        faults.drop_stream_after(args.drop_stream_after, keep_registration=args.keep_stream_on_drop)
+
+
 def options_from(args: argparse.Namespace) -> EmulatorOptions:
     return EmulatorOptions(
         audio_dir=None if getattr(args, "no_audio", False) else args.audio_dir,
@@ -73,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"emulator: {exc}")
         return 2
     emulator = Emulator(options)
+    try:
+        apply_faults(emulator.faults, args)
+    except ValueError as exc:
+        print(f"emulator: {exc}")
+        return 2
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
