@@ -69,8 +69,10 @@ class Bridge:
                 Route("/readyz", self.readyz),
                 WebSocketRoute(STREAM_PATH, self.twilio_stream),
                 # Twilio signs the URL exactly as configured, so both spellings are served as-is.
-                *(Route(p, self.front.voice, methods=["POST"]) for p in (VOICE_PATH, VOICE_PATH + "/")),
-                *(Route(p, self.front.stream_status, methods=["POST"]) for p in (STATUS_PATH, STATUS_PATH + "/")),
+                Route(VOICE_PATH, self.front.voice, methods=["POST"]),
+                Route(VOICE_PATH + "/", self.front.voice, methods=["POST"]),
+                Route(STATUS_PATH, self.front.stream_status, methods=["POST"]),
+                Route(STATUS_PATH + "/", self.front.stream_status, methods=["POST"]),
             ],
             lifespan=self._lifespan,
         )

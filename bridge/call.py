@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.audio.byteorder import ByteOrderDetector
 from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
 from bridge.audio.mixer import OUTPUT_RATE, Mixer
 from bridge.config import Settings
@@ -53,12 +54,16 @@ MAX_PARAM_CHARS = 256
 LOGGED_ERRORS_PER_REASON = 3
 
 
+def is_l16(fmt: MediaFormat) -> bool:
+    return fmt.encoding.lower() in ("audio/x-l16", "audio/l16")
+
+
 def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
     """Bytes → int16 samples for the stream's declared format, or ProtocolError."""
     encoding = fmt.encoding.lower()
     if encoding in ("audio/x-mulaw", "audio/pcmu", "audio/mulaw"):
         return ulaw_to_pcm16
-    if encoding in ("audio/x-l16", "audio/l16"):
+    if is_l16(fmt):
         return lambda payload: l16_to_pcm16(payload, l16_byteorder)
     raise ProtocolError("unsupported_format", fmt.encoding)
 
@@ -87,6 +92,7 @@ class Call:
         log: Any,
         ledger: Ledger | None = None,
         session_overrides: Callable[[StreamStart], dict[str, Any]] | None = None,
+        l16_byte_order: str = "big",
     ) -> None:
         self.provider = provider
         #: Per-call Create Session options, from the call's ``start`` (its route; see _session_body).
@@ -94,6 +100,9 @@ class Call:
         self.settings = settings
         self.eka = eka
         self.ledger = ledger
+        self.l16_byte_order = l16_byte_order  # "big", "little" or "auto" (decided from the audio)
+        self._detector: ByteOrderDetector | None = None
+        self._held: list[Media] = []  # frames waiting for the byte-order decision
         self.log = log.bind(provider=provider, call_sid=None, stream_sid=None, session_id=None)
         self.started_at = time.monotonic()
         self.start: StreamStart | None = None
@@ -116,6 +125,8 @@ class Call:
         self.relayed_bytes = 0
         self.upstream_lost_bytes = 0
         self.upstream_drops = 0
+        self.reconnects = 0  # telephony reconnects (Vobiz) carried on in the same session
+        self.stream_ids: list[str] = []
         self._dropping = False
         self.replayed_bytes = 0
         self.bad_messages: Counter[str] = Counter()
@@ -149,8 +160,13 @@ class Call:
         if self.start is not None:
             self.protocol_error(ProtocolError("duplicate_start", start.stream_id[:40]))
             return
+        fmt = start.media_format
+        order = self.l16_byte_order
+        if is_l16(fmt) and order == "auto":
+            self._detector = ByteOrderDetector(fmt.sample_rate)
+            order = "big"  # replaced once the detector decides; nothing is decoded before that
         try:
-            decode = decoder_for(start.media_format)
+            decode = decoder_for(fmt, order)
             mixer = Mixer(
                 start.tracks,
                 start.media_format.sample_rate,
@@ -162,6 +178,7 @@ class Call:
             return
         self.start = start
         self.mixer = mixer
+        self.stream_ids.append(start.stream_id)
         self.log = self.log.bind(call_sid=start.call_id, stream_sid=start.stream_id)
         self.log.info(
             "call_started",
@@ -171,6 +188,18 @@ class Call:
         )
         self.relay = asyncio.create_task(self._relay(), name=f"relay-{start.call_id}")
 
+    def resume(self, start: StreamStart) -> None:
+        """The provider reconnected (Vobiz: a new streamId, the same callId) within the grace
+        period: the same session carries on. Timestamps share one clock across the two streams,
+        so the mixer's timeline fills the interruption with silence (counted)."""
+        assert self.start is not None and start.call_id == self.start.call_id
+        if start.media_format.sample_rate != self.start.media_format.sample_rate:
+            self.protocol_error(ProtocolError("format_changed_on_reconnect", start.media_format.encoding))
+        self.reconnects += 1
+        self.stream_ids.append(start.stream_id)
+        self.log = self.log.bind(stream_sid=start.stream_id)
+        self.log.info("stream_resumed", reconnects=self.reconnects)
+
     def _on_media(self, media: Media) -> None:
         if self.mixer is None:
             self.protocol_error(ProtocolError("media_before_start"))
@@ -179,7 +208,25 @@ class Call:
             return
         self.media_frames += 1
         self.media_bytes += len(media.payload)
-        if media.payload:
+        if not media.payload:
+            return
+        if self._detector is not None:
+            self._held.append(media)
+            decision = self._detector.feed(media.payload)
+            if decision is None:
+                return
+            self._decide_byte_order(decision)
+            return
+        self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
+
+    def _decide_byte_order(self, order: str) -> None:
+        """Decode every held frame (all tracks, in arrival order) with the order now known."""
+        assert self.mixer is not None and self._detector is not None
+        self.log.info("l16_byte_order_detected", byte_order=order, evidence=self._detector.evidence)
+        self._detector = None
+        self.mixer.decode = decoder_for(MediaFormat("audio/x-l16", self.mixer.input_rate), order)
+        held, self._held = self._held, []
+        for media in held:
             self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
 
     def _queue(self, samples: np.ndarray) -> None:
@@ -361,6 +408,8 @@ class Call:
         self.finished = True
         self.end_reason = reason
         self._ended_at = time.monotonic()
+        if self._detector is not None:  # the call ended before the audio said: the documented order
+            self._decide_byte_order("big")
         if self.mixer is not None:
             self._queue(self.mixer.flush())
         self.outbox.close()
@@ -404,6 +453,7 @@ class Call:
             "end_latency_ms": self.end_latency_ms,
             "sessions": [{"session_id": p.session_id, "end_status": p.end_status} for p in self.parts],
             "upstream_drops": self.upstream_drops,
+            "telephony_reconnects": self.reconnects,
             "replayed_bytes": self.replayed_bytes,
         }
 

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from bridge.call import Call
 
 
 class CallRegistry:
+    """Active calls, the sockets feeding them, and calls waiting out a reconnect grace period.
+
+    A call whose provider socket closed without an end signal (Vobiz has none) is *detached*:
+    it stays active, its session open, until the same provider call id reconnects (``resume``),
+    the grace period runs out, or a hang-up webhook ends it (``end_detached``).
+    """
+
     def __init__(self, keep_summaries: int = 200) -> None:
         self.active: set[Call] = set()
         self.sockets: dict[Call, Any] = {}  # the telephony socket feeding each active call
         self.summaries: deque[dict[str, Any]] = deque(maxlen=keep_summaries)
         self.finished_count = 0
         self._changed = asyncio.Condition()
+        self._by_call_id: dict[tuple[str, str], Call] = {}
+        self._grace: dict[Call, asyncio.TimerHandle] = {}
 
     async def add(self, call: Call, socket: Any = None) -> None:
         async with self._changed:
@@ -28,6 +38,11 @@ class CallRegistry:
         async with self._changed:
             self.active.discard(call)
             self.sockets.pop(call, None)
+            if call.start is not None:
+                self._by_call_id.pop((call.provider, call.start.call_id), None)
+            timer = self._grace.pop(call, None)
+            if timer is not None:
+                timer.cancel()
             self.summaries.append({"call_sid": call.start.call_id if call.start else None, **summary})
             self.finished_count += 1
             self._changed.notify_all()
@@ -44,3 +59,37 @@ class CallRegistry:
         async with asyncio.timeout(timeout):
             async with self._changed:
                 await self._changed.wait_for(lambda: not self.active)
+
+    def started(self, call: Call) -> None:
+        """The call knows its provider call id now: a reconnect can find it."""
+        assert call.start is not None
+        self._by_call_id[(call.provider, call.start.call_id)] = call
+
+    def find(self, provider: str, call_id: str) -> Call | None:
+        return self._by_call_id.get((provider, call_id))
+
+    def detach(self, call: Call, grace_s: float, on_expiry: Callable[[Call], Any]) -> None:
+        """The call's socket closed; end the call after ``grace_s`` unless it is resumed."""
+        self.sockets.pop(call, None)
+        loop = asyncio.get_running_loop()
+        self._grace[call] = loop.call_later(grace_s, on_expiry, call)
+
+    def resume(self, call: Call, socket: Any) -> bool:
+        """A new socket for a detached call; False if the call is not waiting (ended or attached)."""
+        timer = self._grace.pop(call, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        self.sockets[call] = socket
+        return True
+
+    def is_detached(self, call: Call) -> bool:
+        return call in self._grace
+
+    def take_detached(self, call: Call) -> bool:
+        """Claim a detached call for ending now (hang-up); False if it is attached or gone."""
+        timer = self._grace.pop(call, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        return True

@@ -64,6 +64,9 @@ def make_settings(eka_url: str, **overrides: Any) -> Settings:
         http_timeout_s=5.0,
         backoff_base_s=0.02,
         backoff_max_s=0.2,
+        # As `make run`: unsigned Twilio traffic is accepted. Signature tests set twilio_auth_token
+        # (and development=False to see the production refusal).
+        development=True,
     )
     return replace(base, **overrides)
 
@@ -84,5 +87,5 @@ async def running(
     async with serve(emulator.app) as eka_url:
         settings.setdefault("ledger_path", str(tmp_path / "ledger.db"))
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
-        async with serve(bridge.app, ws_max_size=64 * 1024) as bridge_url:
+        async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes) as bridge_url:
             yield Harness(emulator, bridge, eka_url, bridge_url, logs)

@@ -31,7 +31,7 @@ from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.simulator import cli
 from bridge.simulator.audio import load_ulaw
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay, simulate_twilio
-from bridge.telephony.twilio import compute_signature
+from bridge.telephony.twilio_signature import compute_signature
 
 pytestmark = pytest.mark.anyio
 

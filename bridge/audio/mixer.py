@@ -26,6 +26,10 @@ OUTPUT_RATE = 16000
 #: Timestamp jitter smaller than this is absorbed (frames are appended as they come).
 JITTER_TOLERANCE_MS = 10
 END_OF_TIME = 1 << 62
+#: A frame this far from where its track stands, either way, is a clock discontinuity (or
+#: hostile input), not a hole: the track's clock is re-anchored instead of filling hours of
+#: silence (or dropping every later frame as late). Real holes are far shorter.
+MAX_JUMP_MS = 60_000
 #: Mixed peaks above this level are bent by a soft knee instead of clipping.
 LIMITER_KNEE = 0.85 * 32767
 
@@ -52,6 +56,7 @@ class TrackStats:
     duplicate_frames: int = 0  # whole frames dropped: a frame for that slot was already waiting
     reordered_frames: int = 0  # frames that arrived before an earlier one and were put back in order
     jumps: int = 0  # holes in the timeline that were filled
+    discontinuities: int = 0  # timestamps beyond MAX_JUMP_MS: the track's clock was re-anchored
 
 
 class Track:
@@ -76,6 +81,8 @@ class Track:
         self._waiting_samples = 0
         self._next_start = start_position  # where a frame without a timestamp goes
         self._arrivals = 0
+        self._max_jump = input_rate * MAX_JUMP_MS // 1000
+        self._offset = 0  # input samples subtracted from timestamps since the last re-anchoring
 
     def place(self, timestamp_ms: int | None, samples: np.ndarray) -> None:
         """Put one frame on the timeline at its timestamp (or right after the previous one)."""
@@ -83,7 +90,14 @@ class Track:
         self.stats.samples_in += len(samples)
         if not len(samples):
             return
-        start = self._next_start if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
+        if timestamp_ms is None:
+            start = self._next_start
+        else:
+            start = timestamp_ms * self.input_rate // 1000 - self._offset
+        if abs(start - self.position) > self._max_jump:
+            self.stats.discontinuities += 1
+            self._offset += start - self.position
+            start = self.position
         self._next_start = start + len(samples)
         if start + len(samples) <= self.position + self.tolerance // 2:
             self.stats.late_frames += 1
@@ -174,6 +188,8 @@ class Mixer:
         *,
         max_wait_ms: int = 200,
     ) -> None:
+        if input_rate not in (8000, 16000):  # refused at `start`, not on every frame after it
+            raise ValueError(f"unsupported input rate {input_rate}")
         self.input_rate = input_rate
         self.decode = decode
         self.max_wait = input_rate * max_wait_ms // 1000

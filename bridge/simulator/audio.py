@@ -1,4 +1,5 @@
-"""Turn an audio file into the 8 kHz μ-law bytes a phone stream carries.
+"""Turn an audio file into what a phone stream carries: 8 kHz μ-law bytes, or 16-bit
+linear PCM at 8 or 16 kHz (Vobiz's L16).
 
 WAV files are parsed here rather than with the stdlib ``wave`` module, which on
 3.11 reads only plain integer PCM: recordings from phones and tools are often
@@ -31,21 +32,48 @@ def load_ulaw(path: Path) -> bytes:
         if not audio:
             raise ValueError(f"{path}: file is empty")
         return audio
+    fmt, data = _read_wav(path)
+    if fmt.tag == _ULAW and fmt.channels == 1 and fmt.rate == TARGET_RATE:
+        return data  # already what the phone network sends: pass it through untouched
+    return pcm16_to_ulaw(_to_pcm16(_decode(fmt, data, path), fmt.rate, TARGET_RATE))
+
+
+def load_pcm16(path: Path, rate: int = TARGET_RATE) -> np.ndarray:
+    """Mono int16 samples at ``rate`` for a WAV (any rate, channels, PCM width) or raw μ-law.
+
+    A 16-bit mono WAV already at ``rate`` comes back sample for sample; anything else is
+    mixed down and resampled (soxr VHQ), as :func:`load_ulaw` does.
+    """
+    path = Path(path)
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0, got {rate}")
+    if path.suffix.lower() in RAW_ULAW_SUFFIXES:
+        audio = path.read_bytes()
+        if not audio:
+            raise ValueError(f"{path}: file is empty")
+        samples, source_rate = (ulaw_to_pcm16(audio) / 32768.0).reshape(-1, 1), TARGET_RATE
+    else:
+        fmt, data = _read_wav(path)
+        samples, source_rate = _decode(fmt, data, path), fmt.rate
+    return _to_pcm16(samples, source_rate, rate)
+
+
+def _read_wav(path: Path) -> tuple[WavFormat, bytes]:
     blob = path.read_bytes()
     if blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
         raise ValueError(
             f"{path}: not a WAV file (no RIFF/WAVE header); raw μ-law must be named "
             f"*{', *'.join(sorted(RAW_ULAW_SUFFIXES))}"
         )
-    fmt, data = _parse_wav(blob, path)
-    if fmt.tag == _ULAW and fmt.channels == 1 and fmt.rate == TARGET_RATE:
-        return data  # already what the phone network sends: pass it through untouched
-    samples = _decode(fmt, data, path)
-    mono = samples.mean(axis=1) if fmt.channels > 1 else samples[:, 0]
-    if fmt.rate != TARGET_RATE:
-        mono = soxr.resample(mono, fmt.rate, TARGET_RATE, quality="VHQ")
-    pcm = np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
-    return pcm16_to_ulaw(pcm)
+    return _parse_wav(blob, path)
+
+
+def _to_pcm16(samples: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
+    """(frames, channels) floats in [-1, 1) → mono int16 at ``rate``."""
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if source_rate != rate:
+        mono = soxr.resample(mono, source_rate, rate, quality="VHQ")
+    return np.clip(np.rint(mono * 32768.0), -32768, 32767).astype(np.int16)
 
 
 @dataclass(frozen=True)

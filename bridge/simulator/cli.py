@@ -1,7 +1,7 @@
 """``bridge simulate <provider>``: replay a recorded call into a running bridge.
 
-One sub-command per provider (only ``twilio`` so far); each registers its own
-runner with ``set_defaults`` so adding ``vobiz`` needs no change to ``run``.
+One sub-command per provider (``twilio``, ``vobiz``); each registers its own
+runner with ``set_defaults``, so ``run`` needs no change per provider.
 """
 
 from __future__ import annotations
@@ -17,6 +17,16 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge.simulator.audio import load_ulaw
 from bridge.simulator.twilio import ReplayResult, TwilioCall, plan_messages, replay
+from bridge.simulator.vobiz import (
+    BYTE_ORDERS,
+    CONTENT_TYPES,
+    DEFAULT_CONTENT_TYPE,
+    Connection,
+    VobizCall,
+    load_audio,
+    plan_connections,
+    replay_connections,
+)
 
 #: Namespace attribute holding the chosen sub-command's runner (namespaced to avoid clashes).
 RUNNER = "simulate_runner"
@@ -56,6 +66,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     twilio.set_defaults(**{RUNNER: run_twilio})
 
+    vobiz = providers.add_parser(
+        "vobiz",
+        help="replay a call as a Vobiz Audio Stream",
+        description="Replay audio files as a Vobiz Audio Stream (start, media…, then the socket closes).",
+    )
+    vobiz.add_argument(
+        "--url", required=True, metavar="WS_URL", help="the bridge's stream URL (ws:// or wss://)"
+    )
+    vobiz.add_argument(
+        "--audio", required=True, type=Path, metavar="FILE", help="inbound track (caller): WAV or raw μ-law"
+    )
+    vobiz.add_argument("--second-track", type=Path, metavar="FILE", help="outbound track (the callee)")
+    vobiz.add_argument(
+        "--content-type",
+        choices=CONTENT_TYPES,
+        default=DEFAULT_CONTENT_TYPE,
+        help=f"inbound format, as <Stream contentType> sets it (default {DEFAULT_CONTENT_TYPE})",
+    )
+    vobiz.add_argument(
+        "--byte-order",
+        choices=BYTE_ORDERS,
+        default="big",
+        help="L16 byte order (default big, as Vobiz documents it)",
+    )
+    vobiz.add_argument(
+        "--pace", type=_pace, default=1.0, metavar="N", help="1 = real time (default), 10 = ten times faster"
+    )
+    vobiz.add_argument(
+        "--reconnect-after",
+        type=_pace,
+        metavar="S",
+        help="close the socket after S s of audio and go on in a new stream (new streamId, same callId)",
+    )
+    vobiz.set_defaults(**{RUNNER: run_vobiz})
+
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen sub-command; returns the process exit code."""
@@ -90,6 +135,58 @@ def run_twilio(args: argparse.Namespace) -> int:
     if not result.completed or result.close_code not in (1000, 1001):
         return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
     return 0
+
+
+def run_vobiz(args: argparse.Namespace) -> int:
+    """Replay the files over one socket (two with --reconnect-after), print one summary line."""
+    prog = "bridge simulate vobiz"
+    try:
+        inbound = load_audio(args.audio, args.content_type)
+        outbound = load_audio(args.second_track, args.content_type) if args.second_track is not None else None
+    except (OSError, ValueError) as exc:
+        return _fail(prog, f"cannot read audio: {exc}", 2)
+    call = VobizCall(tracks=["inbound", "outbound"] if outbound is not None else ["inbound"])
+    try:
+        connections = plan_connections(
+            call,
+            inbound,
+            outbound,
+            content_type=args.content_type,
+            l16_byte_order=args.byte_order,
+            reconnect_after_s=args.reconnect_after,
+        )
+    except ValueError as exc:
+        return _fail(prog, str(exc), 2)
+    try:
+        results = asyncio.run(replay_connections(args.url, connections, pace=args.pace))
+    except InvalidURI as exc:
+        return _fail(prog, f"invalid WebSocket URL: {exc}", 2)
+    except InvalidStatus as exc:
+        return _fail(prog, f"handshake refused by {args.url}: HTTP {exc.response.status_code}", 1)
+    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
+        return _fail(prog, f"cannot connect to {args.url}: {exc or type(exc).__name__}", 1)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 130)
+    print(summary_vobiz(connections, results))
+    for result in results:
+        if not result.completed or result.close_code not in (1000, 1001):
+            return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
+    return 0
+
+
+def summary_vobiz(connections: list[Connection], results: list[ReplayResult]) -> str:
+    """One line: the call, then per connection its stream, what each track sent, how it ended."""
+    parts = []
+    for connection, result in zip(connections, results, strict=True):
+        tracks = ", ".join(
+            f"{track} {result.frames_sent.get(track, 0)} frames/{result.bytes_sent.get(track, 0)} B"
+            for track in connection.call.tracks
+        )
+        parts.append(f"stream {connection.call.stream_id}: {tracks}; {_how_closed(result)}")
+    messages = sum(r.messages_sent for r in results)
+    elapsed = sum(r.elapsed_s for r in results)
+    streams = " | ".join(parts)
+    return f"call {connections[0].call.call_id}: {streams}; {messages} messages in {elapsed:.2f} s"
 
 
 def summary(call: TwilioCall, result: ReplayResult) -> str:

@@ -22,12 +22,12 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge.simulator.audio import TARGET_RATE, load_ulaw
 from bridge.telephony.twilio import (
-    compute_signature,
     connected_message,
     media_message,
     start_message,
     stop_message,
 )
+from bridge.telephony.twilio_signature import compute_signature
 
 #: μ-law is one byte per sample, so bytes per millisecond at 8 kHz.
 BYTES_PER_MS = TARGET_RATE // 1000

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from bridge.telephony.events import (
@@ -27,6 +24,7 @@ from bridge.telephony.events import (
     StreamStop,
     Unknown,
 )
+from bridge.telephony.twilio_signature import compute_signature  # noqa: F401  (re-exported)
 
 PROVIDER = "twilio"
 DEFAULT_FORMAT = MediaFormat("audio/x-mulaw", 8000, 1)
@@ -71,7 +69,7 @@ def _optional_int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         return None
 
 
@@ -175,10 +173,3 @@ def stop_message(seq: int, *, stream_sid: str, account_sid: str, call_sid: str) 
         "stop": {"accountSid": account_sid, "callSid": call_sid},
         "streamSid": stream_sid,
     }
-
-
-def compute_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
-    """``X-Twilio-Signature``: base64 HMAC-SHA1 over the URL plus the sorted POST parameters."""
-    data = url + "".join(k + str(params[k]) for k in sorted(params or {}))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode("ascii")

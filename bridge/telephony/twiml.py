@@ -1,0 +1,89 @@
+"""TwiML for a call to one of the clinic's numbers, built with ``xml.etree`` (never by hand).
+
+Untrusted or configured text only ever goes into element text or attribute values, where
+ElementTree escapes it; characters XML 1.0 cannot carry at all are dropped first.
+
+- ``forward``: ``<Say>`` the consent announcement, ``<Start><Stream track="both_tracks">``
+  (the caller is ``inbound``, the dialed clinician ``outbound``), then ``<Dial>`` the
+  clinician with the caller's number as caller ID. ``<Start>`` returns at once, so the
+  stream runs for as long as the ``<Dial>``.
+- ``dictation``: ``<Say>``, then ``<Connect><Stream>``: the call lasts as long as the stream
+  (inbound track only), and ends when the bridge closes it.
+- ``unavailable``: an apology and ``<Hangup/>`` (a forward route with no number to dial).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from bridge.routing import CallRoute, is_e164
+
+#: The ``<Parameter>`` that names the call's route; the stream handler looks it up again.
+ROUTE_PARAMETER = "route"
+APOLOGY_TEXT = "Sorry, this number cannot take calls right now. Please try again later. Goodbye."
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 cannot represent (escaping is ElementTree's job)."""
+    return _NOT_XML.sub("", text)
+
+
+def _render(root: ET.Element) -> bytes:
+    body = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + body
+
+
+def _say(parent: ET.Element, route: CallRoute, text: str) -> None:
+    say = ET.SubElement(parent, "Say")
+    if route.consent_voice:
+        say.set("voice", xml_safe(route.consent_voice))
+    if route.consent_language:
+        say.set("language", xml_safe(route.consent_language))
+    say.text = xml_safe(text)
+
+
+def _stream(parent: ET.Element, *, stream_url: str, status_url: str, route_key: str | None) -> ET.Element:
+    stream = ET.SubElement(parent, "Stream", url=xml_safe(stream_url))
+    stream.set("statusCallback", xml_safe(status_url))
+    stream.set("statusCallbackMethod", "POST")
+    if route_key is not None and is_e164(route_key):
+        ET.SubElement(stream, "Parameter", name=ROUTE_PARAMETER, value=route_key)
+    return stream
+
+
+def forward(
+    route: CallRoute, *, stream_url: str, status_url: str, called: str | None, caller: str | None
+) -> bytes:
+    """Announce, fork both parties to the bridge, and dial the clinician."""
+    assert route.forward_to is not None
+    root = ET.Element("Response")
+    if route.consent:
+        _say(root, route, route.consent_text)
+    start = ET.SubElement(root, "Start")
+    stream = _stream(start, stream_url=stream_url, status_url=status_url, route_key=called)
+    stream.set("track", "both_tracks")
+    dial = ET.SubElement(root, "Dial")
+    if caller is not None and is_e164(caller):
+        dial.set("callerId", caller)
+    ET.SubElement(dial, "Number").text = route.forward_to
+    return _render(root)
+
+
+def dictation(route: CallRoute, *, stream_url: str, status_url: str, called: str | None) -> bytes:
+    """Announce, then the call is the stream (inbound only) until the bridge closes it."""
+    root = ET.Element("Response")
+    if route.consent:
+        _say(root, route, route.consent_text)
+    connect = ET.SubElement(root, "Connect")
+    _stream(connect, stream_url=stream_url, status_url=status_url, route_key=called)
+    return _render(root)
+
+
+def unavailable(route: CallRoute) -> bytes:
+    """An apology and a hang-up."""
+    root = ET.Element("Response")
+    _say(root, route, APOLOGY_TEXT)
+    ET.SubElement(root, "Hangup")
+    return _render(root)
