@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -27,13 +28,29 @@ from bridge.eka.retry import Backoff
 from bridge.ledger import Ledger
 from bridge.registry import CallRegistry
 from bridge.sweeper import Sweeper
-from bridge.telephony import twilio
-from bridge.telephony.events import ProtocolError
+from bridge.telephony import twilio, vobiz
+from bridge.telephony.events import ProtocolError, StreamEvent, StreamStart
+from bridge.vobiz_door import ANSWER_PATH, HANGUP_PATH, VobizFrontDoor
+from bridge.vobiz_door import STATUS_PATH as VOBIZ_STATUS_PATH
+from bridge.vobiz_door import STREAM_PATH as VOBIZ_STREAM_PATH
 
 #: How long shutdown waits for calls that are still finalizing (End Session in flight).
 SHUTDOWN_GRACE_S = 30.0
 #: Close code sent to a telephony socket that the bridge ends because it is shutting down.
 GOING_AWAY = 1001
+
+
+@dataclass(frozen=True)
+class StreamProvider:
+    """What the shared stream handler needs to know of one telephony provider."""
+
+    name: str
+    parse: Callable[[str], StreamEvent]
+    check_upgrade: Callable[[WebSocket], None]  # raises Refused
+    reject: Callable[..., None]
+    session_overrides: Callable[[StreamStart], dict[str, Any]]
+    reconnect_grace_s: float = 0.0  # > 0: a closed socket may be followed by a reconnect
+    l16_byte_order: str = "big"
 
 
 class Bridge:
@@ -61,8 +78,27 @@ class Bridge:
         #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
         self.rejections: Counter[str] = Counter()
         self.front = TwilioFrontDoor(settings, log=self.log, rejections=self.rejections)
+        self.vobiz_door = VobizFrontDoor(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
+        self.twilio = StreamProvider(
+            name=twilio.PROVIDER,
+            parse=twilio.parse,
+            check_upgrade=self.front.check_upgrade,
+            reject=self.front.reject,
+            session_overrides=self.front.session_overrides,
+        )
+        self.vobiz = StreamProvider(
+            name=vobiz.PROVIDER,
+            parse=vobiz.parse,
+            check_upgrade=self.vobiz_door.check_upgrade,
+            reject=self.vobiz_door.reject,
+            session_overrides=self.vobiz_door.session_overrides,
+            reconnect_grace_s=settings.vobiz_reconnect_grace_s,
+            l16_byte_order=settings.vobiz_l16_byte_order,
+        )
         self._admitting = 0  # streams past the capacity check but not yet in self.calls
+        self._tasks: set[asyncio.Task[Any]] = set()  # finalizations not owned by a socket handler
         self.front.announce()
+        self.vobiz_door.announce()
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
@@ -73,6 +109,11 @@ class Bridge:
                 Route(VOICE_PATH + "/", self.front.voice, methods=["POST"]),
                 Route(STATUS_PATH, self.front.stream_status, methods=["POST"]),
                 Route(STATUS_PATH + "/", self.front.stream_status, methods=["POST"]),
+                WebSocketRoute(VOBIZ_STREAM_PATH, self.vobiz_stream),
+                WebSocketRoute(VOBIZ_STREAM_PATH + "/{token}", self.vobiz_stream),
+                Route(ANSWER_PATH, self.vobiz_door.answer, methods=["POST"]),
+                Route(HANGUP_PATH, self.vobiz_door.hangup, methods=["POST"]),
+                Route(VOBIZ_STATUS_PATH, self.vobiz_door.stream_status, methods=["POST"]),
             ],
             lifespan=self._lifespan,
         )
@@ -141,6 +182,9 @@ class Bridge:
             self.log.warning("finalizing_calls", active_calls=len(calls), reason=reason)
         for call in calls:
             call.end_request = reason
+            if self.calls.take_detached(call):  # waiting for a reconnect that will not come now
+                self._spawn(self._finish(call, reason))
+                continue
             websocket = self.calls.sockets.get(call)
             if websocket is not None:
                 try:
@@ -172,30 +216,32 @@ class Bridge:
         return JSONResponse({"status": "ready", "active_calls": len(self.calls.active)})
 
     async def twilio_stream(self, websocket: WebSocket) -> None:
-        """One Twilio Media Stream: read it to its end, whatever EkaScribe does meanwhile."""
+        await self._serve_stream(websocket, self.twilio)
+
+    async def vobiz_stream(self, websocket: WebSocket) -> None:
+        await self._serve_stream(websocket, self.vobiz)
+
+    async def _serve_stream(self, websocket: WebSocket, provider: StreamProvider) -> None:
+        """One provider media stream: read it to its end, whatever EkaScribe does meanwhile.
+
+        A stream whose ``start`` names a call waiting out its reconnect grace period
+        (Vobiz: new streamId, same callId) joins that call instead of starting one.
+        """
         assert self.eka is not None
-        if self.draining:
-            await refuse(websocket, 503, "draining")
-            return
-        try:  # signature, then capacity: refused with an HTTP status before accept, no Eka call
-            self.front.check_upgrade(websocket)
+        try:  # draining, signature/token, capacity: an HTTP status before accept, no Eka call
+            if self.draining:
+                raise Refused(503, "draining")
+            provider.check_upgrade(websocket)
             if len(self.calls.active) + self._admitting >= self.settings.max_calls:
                 raise Refused(503, "too_many_calls")
         except Refused as refused:
-            self.front.reject("stream", refused.reason, status=refused.status, conn=websocket)
+            provider.reject("stream", refused.reason, status=refused.status, conn=websocket)
             await refuse(websocket, refused.status, refused.reason)
             return
         self._admitting += 1
         try:
             await websocket.accept()
-            call = Call(
-                provider=twilio.PROVIDER,
-                settings=self.settings,
-                eka=self.eka,
-                log=self.log,
-                ledger=self.ledger,
-                session_overrides=self.front.session_overrides,
-            )
+            call = self._new_call(provider)
             await self.calls.add(call, websocket)
         finally:
             self._admitting -= 1
@@ -211,14 +257,14 @@ class Bridge:
                     break
                 if message["type"] == "websocket.disconnect":
                     if message.get("code") == 1009:  # the server refused a message over ws_max_bytes
-                        self.front.reject("stream", "message_too_big", conn=websocket)
+                        provider.reject("stream", "message_too_big", status=1009, conn=websocket)
                     break
                 text = message.get("text")
                 if text is None:
                     call.protocol_error(ProtocolError("binary_frame"))
                     continue
                 frames = call.media_frames
-                self._handle(call, text)
+                call = await self._handle(call, text, provider, websocket)
                 if call.media_frames != frames:
                     limits.media_seen()
                 if call.stopped:
@@ -232,21 +278,74 @@ class Bridge:
             call.log.exception("telephony_socket_error")
         finally:
             reason = call.end_request or reason
-            # Shielded: if this handler is cancelled, the call still finalizes in the background.
-            await asyncio.shield(self._finish(call, reason))
+            if reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
+                # No end signal on this provider: the call may come back on a new socket.
+                call.log.info("stream_detached", grace_s=provider.reconnect_grace_s)
+                self.calls.detach(call, provider.reconnect_grace_s, self._grace_expired)
+            else:
+                # Shielded: if this handler is cancelled, the call still finalizes in the background.
+                await asyncio.shield(self._finish(call, reason))
 
-    def _handle(self, call: Call, text: str) -> None:
+    def _new_call(self, provider: StreamProvider) -> Call:
+        assert self.eka is not None
+        return Call(
+            provider=provider.name,
+            settings=self.settings,
+            eka=self.eka,
+            log=self.log,
+            ledger=self.ledger,
+            session_overrides=provider.session_overrides,
+            l16_byte_order=provider.l16_byte_order,
+        )
+
+    async def _handle(self, call: Call, text: str, provider: StreamProvider, websocket: WebSocket) -> Call:
+        """Apply one message; returns the call this socket feeds from now on."""
         try:
-            event = twilio.parse(text)
+            event = provider.parse(text)
         except ProtocolError as error:
             call.protocol_error(error)
-            return
+            return call
+        if isinstance(event, StreamStart) and call.start is None:
+            waiting = self.calls.find(provider.name, event.call_id)
+            if waiting is not None and self.calls.resume(waiting, websocket):
+                await self.calls.forget(call)  # this socket's placeholder never started a call
+                waiting.bad_messages.update(call.bad_messages)
+                waiting.resume(event)
+                return waiting
         try:
             call.handle(event)
+            if isinstance(event, StreamStart) and call.start is event:
+                self.calls.started(call)
         except Exception as exc:  # a bug on one message must not cost the rest of the call
             call.protocol_error(ProtocolError("internal_error", type(exc).__name__))
             if call.bad_messages["internal_error"] == 1:
                 call.log.exception("stream_message_failed")
+        return call
+
+    def _grace_expired(self, call: Call) -> None:
+        self._spawn(self._finish(call, "socket_closed"))
+
+    async def end_call(self, call_id: str, reason: str, provider: str = "vobiz") -> bool:
+        """End a call now (a hang-up webhook): attached or waiting to reconnect."""
+        call = self.calls.find(provider, call_id)
+        if call is None or call.finished:
+            return False
+        if self.calls.take_detached(call):
+            self._spawn(self._finish(call, reason))
+            return True
+        websocket = self.calls.sockets.get(call)
+        call.end_request = reason
+        if websocket is not None:
+            try:
+                await websocket.close(1000)
+            except RuntimeError:  # already closing: the handler ends the call
+                pass
+        return True
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _finish(self, call: Call, reason: str) -> None:
         summary = await call.finish(reason)

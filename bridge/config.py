@@ -78,6 +78,10 @@ class Settings:
     max_calls: int = 100
     max_call_s: float = 4 * 3600.0
     media_idle_s: float = 30.0
+    vobiz_auth_token: str | None = None
+    vobiz_stream_token: str | None = None
+    vobiz_reconnect_grace_s: float = 3.0
+    vobiz_l16_byte_order: str = "auto"
 
     @property
     def has_eka_credentials(self) -> bool:
@@ -130,6 +134,10 @@ class Settings:
             max_calls=int(r.number("BRIDGE_MAX_CALLS", 100, 1, 100_000)),
             max_call_s=r.number("BRIDGE_MAX_CALL_S", 4 * 3600.0, 1, 86400),
             media_idle_s=r.number("BRIDGE_MEDIA_IDLE_S", 30.0, 0.1, 3600),
+            vobiz_auth_token=r.text("VOBIZ_AUTH_TOKEN"),
+            vobiz_stream_token=r.token("VOBIZ_STREAM_TOKEN"),
+            vobiz_reconnect_grace_s=r.number("VOBIZ_RECONNECT_GRACE_S", 3.0, 0, 600),
+            vobiz_l16_byte_order=r.choice("VOBIZ_L16_BYTE_ORDER", ("auto", "big", "little"), "auto") or "auto",
         )
         if bool(settings.eka_client_id) != bool(settings.eka_client_secret):
             r.problems.append("EKA_CLIENT_ID and EKA_CLIENT_SECRET must be set together")
@@ -153,6 +161,14 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
+
+    def token(self, name: str) -> str | None:
+        """A secret that travels in a URL path: letters and digits only, at least 16 of them."""
+        value = self.text(name)
+        if value is not None and (not value.isalnum() or not value.isascii() or len(value) < 16):
+            self.problems.append(f"{name} must be at least 16 letters and digits (it goes in a URL path)")
+            return None
+        return value
 
     def flag(self, name: str, default: bool) -> bool:
         value = self.text(name)

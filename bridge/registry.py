@@ -60,6 +60,13 @@ class CallRegistry:
             async with self._changed:
                 await self._changed.wait_for(lambda: not self.active)
 
+    async def forget(self, call: Call) -> None:
+        """Drop a call that never started (its socket joined another call): no summary."""
+        async with self._changed:
+            self.active.discard(call)
+            self.sockets.pop(call, None)
+            self._changed.notify_all()
+
     def started(self, call: Call) -> None:
         """The call knows its provider call id now: a reconnect can find it."""
         assert call.start is not None
