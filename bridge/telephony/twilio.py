@@ -8,10 +8,9 @@ the call data and repeats ``streamSid`` at the top level.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 from typing import Any
 
+from bridge.telephony import envelope
 from bridge.telephony.events import (
     Connected,
     Dtmf,
@@ -32,15 +31,7 @@ DEFAULT_FORMAT = MediaFormat("audio/x-mulaw", 8000, 1)
 
 def parse(text: str | bytes) -> StreamEvent:
     """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
-    try:
-        msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", type(exc).__name__) from None
-    if not isinstance(msg, dict):
-        raise ProtocolError("bad_message", "not a JSON object")
-    event = msg.get("event")
-    if not isinstance(event, str):
-        raise ProtocolError("bad_message", "no event field")
+    msg, event = envelope.load(text)
     if event == "media":
         return _media(msg)
     if event == "start":
@@ -50,48 +41,25 @@ def parse(text: str | bytes) -> StreamEvent:
     if event == "stop":
         return StreamStop("stop")
     if event == "mark":
-        return Mark(str(_obj(msg, "mark").get("name", "")))
+        return Mark(str(envelope.nested(msg, "mark").get("name", "")))
     if event == "dtmf":
-        body = _obj(msg, "dtmf")
+        body = envelope.nested(msg, "dtmf")
         return Dtmf(str(body.get("track", "")), str(body.get("digit", "")))
     return Unknown(event[:40])
 
 
-def _obj(msg: dict[str, Any], key: str) -> dict[str, Any]:
-    value = msg.get(key)
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{msg.get('event')} without {key} object")
-    return value
-
-
-def _optional_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
-        return None
-
-
 def _media(msg: dict[str, Any]) -> Media:
-    body = _obj(msg, "media")
-    payload = body.get("payload")
-    if not isinstance(payload, str):
-        raise ProtocolError("bad_media", "payload missing")
-    try:
-        audio = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError("bad_base64") from None
+    body = envelope.nested(msg, "media")
     return Media(
         track=str(body.get("track") or "inbound"),
-        payload=audio,
-        timestamp_ms=_optional_int(body.get("timestamp")),
-        chunk=_optional_int(body.get("chunk")),
+        payload=envelope.payload(body),
+        timestamp_ms=envelope.optional_int(body.get("timestamp")),
+        chunk=envelope.optional_int(body.get("chunk")),
     )
 
 
 def _start(msg: dict[str, Any]) -> StreamStart:
-    body = _obj(msg, "start")
+    body = envelope.nested(msg, "start")
     call_sid = body.get("callSid")
     stream_sid = body.get("streamSid") or msg.get("streamSid")
     if not isinstance(call_sid, str) or not isinstance(stream_sid, str):
@@ -101,8 +69,8 @@ def _start(msg: dict[str, Any]) -> StreamStart:
     if isinstance(fmt, dict):
         media_format = MediaFormat(
             encoding=str(fmt.get("encoding", DEFAULT_FORMAT.encoding)),
-            sample_rate=_optional_int(fmt.get("sampleRate")) or DEFAULT_FORMAT.sample_rate,
-            channels=_optional_int(fmt.get("channels")) or 1,
+            sample_rate=envelope.optional_int(fmt.get("sampleRate")) or DEFAULT_FORMAT.sample_rate,
+            channels=envelope.optional_int(fmt.get("channels")) or 1,
         )
     tracks = body.get("tracks")
     if not isinstance(tracks, list) or not tracks:

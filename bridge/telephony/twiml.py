@@ -14,20 +14,15 @@ ElementTree escapes it; characters XML 1.0 cannot carry at all are dropped first
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 
 from bridge.routing import CallRoute, is_e164
+from bridge.telephony.envelope import xml_safe
 
 #: The ``<Parameter>`` that names the call's route; the stream handler looks it up again.
 ROUTE_PARAMETER = "route"
 APOLOGY_TEXT = "Sorry, this number cannot take calls right now. Please try again later. Goodbye."
-_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
-
-def xml_safe(text: str) -> str:
-    """``text`` without the characters XML 1.0 cannot represent (escaping is ElementTree's job)."""
-    return _NOT_XML.sub("", text)
 
 
 def _render(root: ET.Element) -> bytes:

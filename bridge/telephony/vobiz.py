@@ -12,13 +12,12 @@ level) is accepted too, since Vobiz's own pages disagree.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import math
 import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from bridge.telephony import envelope
 from bridge.telephony.events import (
     Dtmf,
     Media,
@@ -38,21 +37,12 @@ MAX_EXTRA_HEADERS = 64
 
 APOLOGY_TEXT = "Sorry, this number cannot take calls right now. Please try again later. Goodbye."
 STREAM_TIMEOUT_S = 86400
-_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _PHONE = re.compile(r"\+?[0-9]{2,16}")
 
 
 def parse(text: str | bytes) -> StreamEvent:
     """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
-    try:
-        msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("bad_json", type(exc).__name__) from None
-    if not isinstance(msg, dict):
-        raise ProtocolError("bad_message", "not a JSON object")
-    event = msg.get("event")
-    if not isinstance(event, str):
-        raise ProtocolError("bad_message", "no event field")
+    msg, event = envelope.load(text)
     if event == "media":
         return _media(msg)
     if event == "start":
@@ -72,7 +62,7 @@ def parse_content_type(text: str, default_rate: int | None = None) -> MediaForma
     for param in params:
         key, _, value = param.partition("=")
         if key.strip().lower() == "rate":
-            rate = _optional_int(value.strip()) or rate
+            rate = envelope.optional_int(value.strip()) or rate
     return MediaFormat(encoding.lower() or DEFAULT_FORMAT.encoding, rate or 8000, 1)
 
 
@@ -100,31 +90,6 @@ def parse_extra_headers(value: Any) -> dict[str, str]:
     return out
 
 
-def _obj(msg: dict[str, Any], key: str) -> dict[str, Any]:
-    value = msg.get(key)
-    if not isinstance(value, dict):
-        raise ProtocolError("bad_message", f"{msg.get('event')} without {key} object")
-    return value
-
-
-def _optional_int(value: Any) -> int | None:
-    """Numbers and numeric strings ("1778597597091", 2, 2.0) as int; anything else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    try:
-        number = float(value) if isinstance(value, (float, str)) else math.nan
-    except ValueError:
-        return None
-    return int(number) if math.isfinite(number) else None
-
-
 def _text(value: Any) -> str | None:
     """An id: a non-empty string, or a number (accountId is numeric) as its decimal string."""
     if isinstance(value, str) and value:
@@ -135,19 +100,12 @@ def _text(value: Any) -> str | None:
 
 
 def _media(msg: dict[str, Any]) -> Media:
-    body = _obj(msg, "media")
-    payload = body.get("payload")
-    if not isinstance(payload, str):
-        raise ProtocolError("bad_media", "payload missing")
-    try:
-        audio = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError("bad_base64") from None
+    body = envelope.nested(msg, "media")
     return Media(
         track=str(body.get("track") or "inbound"),
-        payload=audio,
-        timestamp_ms=_optional_int(body.get("timestamp")),  # epoch ms: the mixer's origin is the first
-        chunk=_optional_int(body.get("chunk")),
+        payload=envelope.payload(body),
+        timestamp_ms=envelope.optional_int(body.get("timestamp")),  # epoch ms: the mixer's origin is the first
+        chunk=envelope.optional_int(body.get("chunk")),
     )
 
 
@@ -186,10 +144,10 @@ def _tracks(body: dict[str, Any]) -> tuple[str, ...]:
 def _media_format(body: dict[str, Any]) -> MediaFormat:
     fmt = body.get("mediaFormat")
     if isinstance(fmt, dict) and isinstance(fmt.get("encoding"), str):
-        return parse_content_type(fmt["encoding"], _optional_int(fmt.get("sampleRate")))
+        return parse_content_type(fmt["encoding"], envelope.optional_int(fmt.get("sampleRate")))
     content_type = body.get("contentType")
     if isinstance(content_type, str) and content_type.strip():
-        return parse_content_type(content_type, _optional_int(body.get("sampleRate")))
+        return parse_content_type(content_type, envelope.optional_int(body.get("sampleRate")))
     return DEFAULT_FORMAT
 
 
@@ -248,10 +206,6 @@ def media_message(
 # --- answer XML ----------------------------------------------------------------------------
 
 
-def xml_safe(text: str) -> str:
-    """``text`` without the characters XML 1.0 cannot represent (escaping is ElementTree's job)."""
-    return _NOT_XML.sub("", text)
-
 
 def answer_xml(
     *,
@@ -285,18 +239,18 @@ def answer_xml(
         {
             "bidirectional": "false",
             "audioTrack": "both",
-            "contentType": xml_safe(content_type),
-            "statusCallbackUrl": xml_safe(status_callback_url),
+            "contentType": envelope.xml_safe(content_type),
+            "statusCallbackUrl": envelope.xml_safe(status_callback_url),
             "statusCallbackMethod": "POST",
             "streamTimeout": str(STREAM_TIMEOUT_S),
         },
     )
-    stream.text = xml_safe(stream_url)
+    stream.text = envelope.xml_safe(stream_url)
     if forward_to:
         dial = ET.SubElement(root, "Dial")
         if caller_id is not None and _PHONE.fullmatch(caller_id):
             dial.set("callerId", caller_id)
-        ET.SubElement(dial, "Number").text = xml_safe(forward_to)
+        ET.SubElement(dial, "Number").text = envelope.xml_safe(forward_to)
     else:
         _speak(root, APOLOGY_TEXT, consent_voice, consent_language)
         ET.SubElement(root, "Hangup")
@@ -306,7 +260,7 @@ def answer_xml(
 def _speak(parent: ET.Element, text: str, voice: str | None, language: str | None) -> None:
     speak = ET.SubElement(parent, "Speak")
     if voice:
-        speak.set("voice", xml_safe(voice))
+        speak.set("voice", envelope.xml_safe(voice))
     if language:
-        speak.set("language", xml_safe(language))
-    speak.text = xml_safe(text)
+        speak.set("language", envelope.xml_safe(language))
+    speak.text = envelope.xml_safe(text)

@@ -1,0 +1,72 @@
+"""What Twilio's and Vobiz's stream messages have in common: a JSON object with an ``event``,
+objects nested under the event's name, numbers that may arrive as strings, base64 audio.
+Each provider module parses its own shapes with these; none of them knows a provider."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from typing import Any
+
+from bridge.telephony.events import ProtocolError
+
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def load(text: str | bytes) -> tuple[dict[str, Any], str]:
+    """The message object and its event name, or ProtocolError."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("bad_json", type(exc).__name__) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", "not a JSON object")
+    event = msg.get("event")
+    if not isinstance(event, str):
+        raise ProtocolError("bad_message", "no event field")
+    return msg, event
+
+
+def nested(msg: dict[str, Any], key: str) -> dict[str, Any]:
+    value = msg.get(key)
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", f"{msg.get('event')} without {key} object")
+    return value
+
+
+def optional_int(value: Any) -> int | None:
+    """Numbers and numeric strings ("1778597597091", 2, 2.0) as int; anything else None
+    (including JSON's Infinity and NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    try:
+        number = float(value) if isinstance(value, (float, str)) else math.nan
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) else None
+
+
+def payload(body: dict[str, Any]) -> bytes:
+    """The decoded ``payload`` of a media object, or ProtocolError."""
+    encoded = body.get("payload")
+    if not isinstance(encoded, str):
+        raise ProtocolError("bad_media", "payload missing")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_base64") from None
+
+
+def xml_safe(text: str) -> str:
+    """Drop the characters XML 1.0 cannot carry (escaping is xml.etree's job)."""
+    return _NOT_XML.sub("", text)
