@@ -32,6 +32,18 @@ from bridge.simulator.vobiz import (
 RUNNER = "simulate_runner"
 
 
+def _common_arguments(parser: argparse.ArgumentParser, *, outbound: str) -> None:
+    """What every provider's replay takes: where, what, and how fast."""
+    parser.add_argument("--url", required=True, metavar="WS_URL", help="the bridge's stream URL (ws:// or wss://)")
+    parser.add_argument(
+        "--audio", required=True, type=Path, metavar="FILE", help="inbound track (caller): WAV or raw μ-law"
+    )
+    parser.add_argument("--second-track", type=Path, metavar="FILE", help=f"outbound track ({outbound})")
+    parser.add_argument(
+        "--pace", type=_pace, default=1.0, metavar="N", help="1 = real time (default), 10 = ten times faster"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the provider sub-commands to ``parser`` (mounted as ``bridge simulate``)."""
     providers = parser.add_subparsers(dest="simulate_provider", metavar="PROVIDER", required=True)
@@ -40,16 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay a call as a Twilio Media Stream",
         description="Replay audio files as a Twilio Media Stream (connected, start, media…, stop).",
     )
-    twilio.add_argument(
-        "--url", required=True, metavar="WS_URL", help="the bridge's stream URL (ws:// or wss://)"
-    )
-    twilio.add_argument(
-        "--audio", required=True, type=Path, metavar="FILE", help="inbound track (caller): WAV or raw μ-law"
-    )
-    twilio.add_argument("--second-track", type=Path, metavar="FILE", help="outbound track (the other party)")
-    twilio.add_argument(
-        "--pace", type=_pace, default=1.0, metavar="N", help="1 = real time (default), 10 = ten times faster"
-    )
+    _common_arguments(twilio, outbound="the other party")
     twilio.add_argument(
         "--twilio-auth-token",
         default=os.environ.get("TWILIO_AUTH_TOKEN"),
@@ -71,13 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay a call as a Vobiz Audio Stream",
         description="Replay audio files as a Vobiz Audio Stream (start, media…, then the socket closes).",
     )
-    vobiz.add_argument(
-        "--url", required=True, metavar="WS_URL", help="the bridge's stream URL (ws:// or wss://)"
-    )
-    vobiz.add_argument(
-        "--audio", required=True, type=Path, metavar="FILE", help="inbound track (caller): WAV or raw μ-law"
-    )
-    vobiz.add_argument("--second-track", type=Path, metavar="FILE", help="outbound track (the callee)")
+    _common_arguments(vobiz, outbound="the callee")
     vobiz.add_argument(
         "--content-type",
         choices=CONTENT_TYPES,
@@ -89,9 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=BYTE_ORDERS,
         default="big",
         help="L16 byte order (default big, as Vobiz documents it)",
-    )
-    vobiz.add_argument(
-        "--pace", type=_pace, default=1.0, metavar="N", help="1 = real time (default), 10 = ten times faster"
     )
     vobiz.add_argument(
         "--reconnect-after",
