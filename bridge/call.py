@@ -112,7 +112,6 @@ class Call:
         self._batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
         self.parts: list[SessionPart] = []
         self.relay: asyncio.Task[None] | None = None
-        self.session_id: str | None = None
         self.stopped = False
         self.finished = False
         self.end_reason: str | None = None
@@ -285,7 +284,6 @@ class Call:
             return None
         part = SessionPart(created.session_id, created.upload_url, number)
         self.parts.append(part)
-        self.session_id = part.session_id
         self.log = self.log.bind(session_id=part.session_id)
         if self.ledger is not None and self.start is not None:
             await self.ledger.session_opened(part.session_id, self.start.call_id, self.provider, number)
