@@ -121,6 +121,8 @@ class Call:
         self.end_latency_ms: float | None = None
         self.media_frames = 0
         self.media_bytes = 0
+        self.chunk_regressions = 0
+        self._last_chunk: dict[str, int] = {}
         self.relayed_bytes = 0
         self.upstream_lost_bytes = 0
         self.upstream_drops = 0
@@ -207,6 +209,15 @@ class Call:
             return
         self.media_frames += 1
         self.media_bytes += len(media.payload)
+        if media.chunk is not None:
+            # Placement is by timestamp; chunk numbers only tell of trouble upstream. Whether
+            # Twilio counts them per track or per stream is undocumented, so only a chunk that
+            # goes backwards or repeats within its track is counted, never a jump.
+            last = self._last_chunk.get(media.track)
+            if last is not None and media.chunk <= last:
+                self.chunk_regressions += 1
+            else:
+                self._last_chunk[media.track] = media.chunk
         if not media.payload:
             return
         if self._detector is not None:
@@ -443,6 +454,7 @@ class Call:
             "gap_filled_ms": mixer.gap_filled_ms() if mixer else {},
             "late_frames": sum(s.late_frames + s.duplicate_frames for s in stats),
             "reordered_frames": sum(s.reordered_frames for s in stats),
+            "chunk_regressions": self.chunk_regressions,
             "limited_samples": mixer.limited_samples if mixer else 0,
             "dropped_bytes": self.outbox.dropped_bytes,
             "outbox_high_water_bytes": self.outbox.high_water_bytes,

@@ -209,3 +209,25 @@ async def test_a_two_track_call_reaches_eka_as_one_mono_mix(tmp_path: Path) -> N
     assert si_snr_db(pcm, reference) > 45
     assert summary["gap_filled_ms"] == {"inbound": 0, "outbound": 0}
     assert session.end_calls == 1
+
+
+@pytest.mark.anyio
+async def test_repeated_and_reordered_frames_on_the_wire_are_counted_and_change_nothing(tmp_path: Path) -> None:
+    """Twilio messages out of order and repeated (chunk and timestamp): the audio is unchanged."""
+    ulaw = load_ulaw(SAMPLES / "clinician.wav")[:16000]
+    call = TwilioCall()
+    connected, start, *media, stop = plan_messages(call, ulaw)
+    messy = list(media)
+    messy[10], messy[11] = messy[11], messy[10]  # one swap
+    messy[40:40] = [messy[30], messy[31]]  # two repeats, long after their slot
+    async with running(tmp_path) as h:
+        await replay(h.twilio_url, [connected, start, *messy, stop], pace=25.0)
+        summary = await finished(h)
+        session = h.only_session()
+
+    assert summary["chunk_regressions"] == 3  # the swapped-back frame and the two repeats
+    assert summary["late_frames"] == 2 and summary["reordered_frames"] == 1
+    assert summary["gap_filled_ms"] == {"inbound": 0}
+    reference = soxr.resample(ulaw_to_pcm16(ulaw).astype(np.float64), 8000, 16000, quality="VHQ")
+    pcm = received_pcm(session)
+    assert len(pcm) == 2 * len(ulaw) and si_snr_db(pcm, reference) > 45
