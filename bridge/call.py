@@ -455,6 +455,7 @@ class Call:
             "late_frames": sum(s.late_frames + s.duplicate_frames for s in stats),
             "reordered_frames": sum(s.reordered_frames for s in stats),
             "chunk_regressions": self.chunk_regressions,
+            "clock_discontinuities": sum(s.discontinuities for s in stats),
             "limited_samples": mixer.limited_samples if mixer else 0,
             "dropped_bytes": self.outbox.dropped_bytes,
             "outbox_high_water_bytes": self.outbox.high_water_bytes,
