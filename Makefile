@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-load clean
 
 $(BIN)/bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.fidelity
+
+# Live-call load on loopback: bridge pinned to CPU 0, emulator + generator on the rest (about a minute).
+# More: make bench-load LOAD_ARGS="--calls 100 --duration 30", or LOAD_ARGS=--find-max.
+bench-load: install
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv313 .pytest_cache emulator-audio

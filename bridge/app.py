@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +14,14 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge.call import Call
+from bridge.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
+from bridge.eka_webhook import PATH as EKA_WEBHOOK_PATH
+from bridge.eka_webhook import EkaWebhook
 from bridge.front_door import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
 from bridge.limits import LIMIT_REACHED, StreamLimits
 from bridge.config import Settings
@@ -26,7 +29,11 @@ from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
 from bridge.ledger import Ledger
+from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from bridge.metrics import Metrics
+from bridge.records import CallRecords
 from bridge.registry import CallRegistry
+from bridge.results import LONG_POLL_TIMEOUT_S, ResultPoller
 from bridge.sweeper import Sweeper
 from bridge.telephony import twilio, vobiz
 from bridge.telephony.events import ProtocolError, StreamEvent, StreamStart
@@ -54,7 +61,8 @@ class StreamProvider:
 
 
 class Bridge:
-    """Holds the shared parts (HTTP client, token, Eka client, call registry) for all calls.
+    """Holds the shared parts (HTTP client, token, Eka client, call registry, ledger, metrics,
+    the background sweeper, result poller and result delivery) for all calls.
 
     ``eka_transport`` lets a test route Eka traffic through a given httpx transport;
     by default the real network stack is used.
@@ -71,12 +79,34 @@ class Bridge:
         self.log = log if log is not None else structlog.get_logger("bridge")
         self.calls = CallRegistry()
         self.eka: EkaClient | None = None
-        self.ledger = Ledger(settings.ledger_path, boot_id=secrets.token_hex(8))
+        self.ledger = Ledger(
+            settings.ledger_path, boot_id=secrets.token_hex(8), keep_results=bool(settings.result_webhook_url)
+        )
         self.sweeper: Sweeper | None = None
+        self.results: ResultPoller | None = None
+        self.delivery: ResultDelivery | None = None
         self.draining = False
         self._eka_transport = eka_transport
         #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
         self.rejections: Counter[str] = Counter()
+        self.metrics = Metrics(active_calls=lambda: len(self.calls.active), rejections=self.rejections)
+        self.records = CallRecords(
+            self.ledger,
+            api_key=settings.api_key,
+            deliveries=bool(settings.result_webhook_url),
+            rejections=self.rejections,
+            log=self.log.bind(call_sid=None, stream_sid=None, session_id=None),
+        )
+        self.eka_webhook = (
+            EkaWebhook(
+                settings.eka_webhook_signing_key,
+                notify=self._eka_notified,
+                rejections=self.rejections,
+                log=self.log,
+            )
+            if settings.eka_webhook_signing_key
+            else None
+        )
         self.front = TwilioFrontDoor(settings, log=self.log, rejections=self.rejections)
         self.vobiz_door = VobizFrontDoor(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
         self.twilio = StreamProvider(
@@ -114,6 +144,14 @@ class Bridge:
                 Route(ANSWER_PATH, self.vobiz_door.answer, methods=["POST"]),
                 Route(HANGUP_PATH, self.vobiz_door.hangup, methods=["POST"]),
                 Route(VOBIZ_STATUS_PATH, self.vobiz_door.stream_status, methods=["POST"]),
+                Route("/metrics", self.metrics_endpoint),
+                Route("/calls", self.records.recent),
+                Route("/calls/{call_sid}", self.records.one),
+                *(
+                    [Route(EKA_WEBHOOK_PATH, self.eka_webhook.receive, methods=["POST"])]
+                    if self.eka_webhook is not None
+                    else []
+                ),
             ],
             lifespan=self._lifespan,
         )
@@ -122,7 +160,15 @@ class Bridge:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         s = self.settings
         timeout = httpx.Timeout(s.http_timeout_s, connect=min(10.0, s.http_timeout_s))
-        async with httpx.AsyncClient(timeout=timeout, transport=self._eka_transport) as http:
+        # Result polls get their own connection pool (and a read timeout above Eka's ~14 s long
+        # poll), so they can never hold up a call's Create or End Session.
+        polling = httpx.Timeout(max(LONG_POLL_TIMEOUT_S, s.http_timeout_s), connect=min(10.0, s.http_timeout_s))
+        background = self.log.bind(call_sid=None, stream_sid=None, session_id=None)
+        async with AsyncExitStack() as stack:
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout, transport=self._eka_transport))
+            results_http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=polling, transport=self._eka_transport)
+            )
             backoff = Backoff(s.backoff_base_s, s.backoff_max_s)
             tokens = TokenProvider(
                 http,
@@ -133,34 +179,68 @@ class Bridge:
                 budget_s=s.create_budget_s,
                 backoff=backoff,
                 log=self.log,
+                observe=self.metrics.eka_request,
             )
-            self.eka = EkaClient(
-                http,
-                tokens,
+            eka_options: dict[str, Any] = dict(
                 base_url=s.eka_base_url,
                 create_budget_s=s.create_budget_s,
                 end_budget_s=s.end_budget_s,
                 backoff=backoff,
-                log=self.log,
+                observe=self.metrics.eka_request,
             )
+            self.eka = EkaClient(http, tokens, log=self.log, **eka_options)
             await self.ledger.open()
             self.sweeper = Sweeper(
                 self.ledger,
                 self.eka,
                 grace_s=s.sweep_grace_s,
                 interval_s=s.sweep_interval_s,
-                log=self.log.bind(call_sid=None, stream_sid=None, session_id=None),
+                log=background,
             )
-            sweeping = asyncio.create_task(self.sweeper.run(), name="sweeper")
+            if s.result_webhook_url and s.result_webhook_secret:
+                delivery_http = await stack.enter_async_context(httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_S))
+                self.delivery = ResultDelivery(
+                    self.ledger,
+                    delivery_http,
+                    url=s.result_webhook_url,
+                    secret=s.result_webhook_secret,
+                    backoff=Backoff(s.result_webhook_backoff_s, s.result_webhook_backoff_max_s),
+                    give_up_s=s.result_webhook_give_up_s,
+                    metrics=self.metrics,
+                    log=background,
+                )
+            self.results = ResultPoller(
+                self.ledger,
+                EkaClient(results_http, tokens, log=background, **eka_options),
+                interval_s=s.result_poll_s,
+                deadline_s=s.result_deadline_s,
+                fallback_interval_s=s.webhook_fallback_poll_s if s.eka_webhook_signing_key else None,
+                metrics=self.metrics,
+                log=background,
+                on_recorded=self.delivery.wake if self.delivery else lambda: None,
+            )
+            workers = [
+                asyncio.create_task(self.sweeper.run(), name="sweeper"),
+                asyncio.create_task(self.results.run(), name="results"),
+            ]
+            if self.delivery is not None:
+                workers.append(asyncio.create_task(self.delivery.run(), name="deliveries"))
             self.log.info(
-                "bridge_ready", eka_base_url=s.eka_base_url, development=s.development, ledger=s.ledger_path
+                "bridge_ready",
+                eka_base_url=s.eka_base_url,
+                development=s.development,
+                ledger=s.ledger_path,
+                result_delivery=bool(self.delivery),
+                eka_webhook=bool(s.eka_webhook_signing_key),
+                calls_api=bool(s.api_key),
             )
             try:
                 yield
             finally:
                 await self._settle_calls()
-                sweeping.cancel()
-                await asyncio.gather(sweeping, return_exceptions=True)
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
                 await self.ledger.close()
 
     # -- shutdown: drain, then finalize what is left ----------------------------------------
@@ -214,6 +294,14 @@ class Bridge:
         if self.draining:
             return JSONResponse({"status": "draining", "active_calls": len(self.calls.active)}, 503)
         return JSONResponse({"status": "ready", "active_calls": len(self.calls.active)})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        """Prometheus text format, from this bridge's own registry."""
+        return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    async def _eka_notified(self, session_id: str) -> bool:
+        """Eka's webhook says a session is processed: the result poller fetches it now."""
+        return self.results is not None and await self.results.notified(session_id)
 
     async def twilio_stream(self, websocket: WebSocket) -> None:
         await self._serve_stream(websocket, self.twilio)
@@ -296,6 +384,7 @@ class Bridge:
             ledger=self.ledger,
             session_overrides=provider.session_overrides,
             l16_byte_order=provider.l16_byte_order,
+            metrics=self.metrics,
         )
 
     async def _handle(self, call: Call, text: str, provider: StreamProvider, websocket: WebSocket) -> Call:
@@ -350,7 +439,12 @@ class Bridge:
     async def _finish(self, call: Call, reason: str) -> None:
         summary = await call.finish(reason)
         self.rejections.update({f"message:{r}": n for r, n in summary["bad_messages"].items()})
+        self.metrics.call_finished(call.provider, summary)
         await self.calls.done(call, summary)
+        if self.results is not None:  # its sessions are ended: follow them to their results
+            self.results.wake()
+        if self.delivery is not None:  # the call's results may all be in already
+            self.delivery.wake()
 
 
 async def refuse(websocket: WebSocket, status: int, reason: str) -> None:

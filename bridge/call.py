@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from bridge.telephony.events import (
     StreamStop,
     Unknown,
 )
+
+if TYPE_CHECKING:
+    from bridge.metrics import Metrics
 
 BYTES_PER_SECOND = OUTPUT_RATE * 2
 #: Longest custom-parameter value copied into the session body.
@@ -93,8 +96,11 @@ class Call:
         ledger: Ledger | None = None,
         session_overrides: Callable[[StreamStart], dict[str, Any]] | None = None,
         l16_byte_order: str = "big",
+        metrics: Metrics | None = None,
     ) -> None:
         self.provider = provider
+        self.metrics = metrics
+        self._reported = (0, 0)  # media frames and bytes already counted in the metrics
         #: Per-call Create Session options, from the call's ``start`` (its route; see _session_body).
         self.session_overrides = session_overrides
         self.settings = settings
@@ -331,6 +337,7 @@ class Call:
                     self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
                     self.relayed_bytes += len(batch)
+                    self._report(len(batch), self.outbox.batch_arrived_at)
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()
@@ -362,10 +369,26 @@ class Call:
             return
         finally:
             self.end_latency_ms = round((time.monotonic() - started) * 1000, 1)
+            if self.metrics is not None:
+                self.metrics.end_session(self.end_latency_ms / 1000)
         part.end_status = result.settled
         if self.ledger is not None:
             await self.ledger.session_ended(part.session_id, result.settled)
         log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
+
+    def _report(self, relayed: int, arrived_at: float | None) -> None:
+        """Metrics move per upstream batch (and once at the end), never per frame."""
+        if self.metrics is None:
+            return
+        frames, nbytes = self._reported
+        self._reported = (self.media_frames, self.media_bytes)
+        self.metrics.relayed(
+            self.provider,
+            frames=self.media_frames - frames,
+            bytes_in=self.media_bytes - nbytes,
+            bytes_out=relayed,
+            lag_s=None if arrived_at is None else time.monotonic() - arrived_at,
+        )
 
     def _fail(self, stage: str, reason: str) -> None:
         self.failure = f"{stage}: {reason}"
@@ -428,6 +451,7 @@ class Call:
             except Exception as exc:  # a bug, not an Eka failure: still summarise the call
                 self._fail("relay", type(exc).__name__)
                 self.log.exception("relay_crashed")
+        self._report(0, None)  # frames that arrived after the last batch
         if self.start is None:
             self.end_status = "no_start"
         elif self.parts:

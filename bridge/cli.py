@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="development mode: readable logs; without Eka credentials, a local EkaScribe emulator",
     )
     serve.add_argument("--emulator-port", type=int, default=None, help="dev emulator port (default: port+1)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="comma-separated proxy addresses (or '*') whose X-Forwarded-Proto/For headers are trusted"
+        " (default: $FORWARDED_ALLOW_IPS, else 127.0.0.1); a PaaS router needs '*'",
+    )
 
     from bridge.emulator import cli as emulator_cli
     from bridge.simulator import cli as simulator_cli
@@ -83,6 +89,7 @@ def serve_command(args: argparse.Namespace) -> int:
         ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009
         log_level="warning",
         proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,  # None: uvicorn reads $FORWARDED_ALLOW_IPS
     )
     DrainingServer(config, bridge).run()
     return 0

@@ -82,6 +82,17 @@ class Settings:
     vobiz_stream_token: str | None = None
     vobiz_reconnect_grace_s: float = 3.0
     vobiz_l16_byte_order: str = "auto"
+    # Results and operations: Get Session polling, deliveries, the Eka webhook, the /calls API.
+    result_poll_s: float = 1.0
+    result_deadline_s: float = 900.0
+    eka_webhook_signing_key: str | None = None
+    webhook_fallback_poll_s: float = 60.0
+    result_webhook_url: str | None = None
+    result_webhook_secret: str | None = None
+    result_webhook_backoff_s: float = 2.0
+    result_webhook_backoff_max_s: float = 300.0
+    result_webhook_give_up_s: float = 86400.0
+    api_key: str | None = None
 
     @property
     def has_eka_credentials(self) -> bool:
@@ -138,9 +149,25 @@ class Settings:
             vobiz_stream_token=r.token("VOBIZ_STREAM_TOKEN"),
             vobiz_reconnect_grace_s=r.number("VOBIZ_RECONNECT_GRACE_S", 3.0, 0, 600),
             vobiz_l16_byte_order=r.choice("VOBIZ_L16_BYTE_ORDER", ("auto", "big", "little"), "auto") or "auto",
+            result_poll_s=r.number("EKA_RESULT_POLL_S", 1.0, 0.05, 60),
+            result_deadline_s=r.number("EKA_RESULT_DEADLINE_S", 900.0, 1, 7 * 86400),
+            eka_webhook_signing_key=r.secret("EKA_WEBHOOK_SIGNING_KEY"),
+            webhook_fallback_poll_s=r.number("EKA_WEBHOOK_FALLBACK_POLL_S", 60.0, 1, 86400),
+            result_webhook_url=r.url("RESULT_WEBHOOK_URL", None, ("http", "https"), exact=True),
+            result_webhook_secret=r.secret("RESULT_WEBHOOK_SECRET"),
+            result_webhook_backoff_s=r.number("RESULT_WEBHOOK_BACKOFF_S", 2.0, 0.01, 3600),
+            result_webhook_backoff_max_s=r.number("RESULT_WEBHOOK_BACKOFF_MAX_S", 300.0, 0.01, 86400),
+            result_webhook_give_up_s=r.number("RESULT_WEBHOOK_GIVE_UP_S", 86400.0, 1, 30 * 86400),
+            api_key=r.secret("BRIDGE_API_KEY"),
         )
         if bool(settings.eka_client_id) != bool(settings.eka_client_secret):
             r.problems.append("EKA_CLIENT_ID and EKA_CLIENT_SECRET must be set together")
+        if settings.result_webhook_url and not settings.result_webhook_secret:
+            r.problems.append("RESULT_WEBHOOK_URL is set without RESULT_WEBHOOK_SECRET (deliveries are signed)")
+        if settings.result_webhook_url and not dev and not _private_http_ok(settings.result_webhook_url):
+            r.problems.append(
+                "RESULT_WEBHOOK_URL must be https:// (transcripts travel in it); plain http only to a loopback host"
+            )
         if not settings.has_eka_credentials and not dev:
             r.problems.append(
                 "no Eka credentials: set EKA_CLIENT_ID + EKA_CLIENT_SECRET or EKA_ACCESS_TOKEN"
@@ -161,6 +188,14 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
+
+    def secret(self, name: str, min_chars: int = 16) -> str | None:
+        """A shared secret or key: at least ``min_chars`` characters, so it cannot be guessed."""
+        value = self.text(name)
+        if value is not None and len(value) < min_chars:
+            self.problems.append(f"{name} must be at least {min_chars} characters")
+            return None
+        return value
 
     def token(self, name: str) -> str | None:
         """A secret that travels in a URL path: letters and digits only, at least 16 of them."""
@@ -211,7 +246,7 @@ class _Reader:
             self.problems.append(f"{name} lists {len(items)} items; EkaScribe allows at most {max_items}")
         return items
 
-    def url(self, name: str, default: str | None, schemes: tuple[str, ...]) -> str | None:
+    def url(self, name: str, default: str | None, schemes: tuple[str, ...], *, exact: bool = False) -> str | None:
         value = self.text(name)
         if value is None:
             return default
@@ -219,7 +254,7 @@ class _Reader:
         if parts.scheme not in schemes or not parts.netloc:
             self.problems.append(f"{name}={value!r} must be an absolute {'/'.join(schemes)} URL")
             return default
-        return value.rstrip("/")
+        return value if exact else value.rstrip("/")
 
     def e164(self, name: str) -> str | None:
         value = self.text(name)
@@ -249,6 +284,12 @@ class _Reader:
                 continue
             routes.append(ParamRoute(param.strip(), section, key.strip()))
         return tuple(routes)
+
+
+def _private_http_ok(url: str) -> bool:
+    """https anywhere; plain http only to this machine (a sidecar), never across a network."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def stream_url(public_url: str, path: str) -> str:

@@ -3,11 +3,15 @@
 The reader must never wait on EkaScribe (Twilio drops audio when its socket
 backs up), so ``put`` never blocks: past ``max_bytes`` the oldest audio is
 dropped and counted. The writer awaits whole batches.
+
+Each ``put`` is stamped with the time it arrived, so the writer learns how long the oldest
+audio of each batch waited (``batch_arrived_at``): the relay-lag metric, measured per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 
@@ -23,6 +27,9 @@ class PcmOutbox:
         self.dropped_bytes = 0  # oldest audio dropped because the upstream fell too far behind
         self.discarded_bytes = 0  # audio with nowhere to go (no session could be created)
         self.high_water_bytes = 0
+        self.batch_arrived_at: float | None = None  # monotonic arrival of the last batch's oldest byte
+        self._head = 0  # bytes ever removed from the front (sent or dropped)
+        self._marks: deque[tuple[int, float]] = deque()  # (end offset of a put, its arrival time)
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -35,11 +42,13 @@ class PcmOutbox:
             self.discarded_bytes += len(pcm)
             return
         self._buf += pcm
+        self._marks.append((self._head + len(self._buf), time.monotonic()))
         excess = len(self._buf) - self.max_bytes
         if excess > 0:
             excess += excess % 2  # whole samples only
             del self._buf[:excess]
             self.dropped_bytes += excess
+            self._advance(excess)
         self.high_water_bytes = max(self.high_water_bytes, len(self._buf))
         if len(self._buf) >= self._want:
             self._ready.set()
@@ -53,6 +62,7 @@ class PcmOutbox:
         """Nothing will ever read this: count and drop what is held and all that follows."""
         self._discarding = True
         self.discarded_bytes += len(self._buf)
+        self._advance(len(self._buf))
         self._buf.clear()
 
     async def next_batch(self, size: int) -> bytes | None:
@@ -63,9 +73,17 @@ class PcmOutbox:
             await self._ready.wait()
         if not self._buf:
             return None
+        self.batch_arrived_at = self._marks[0][1] if self._marks else None
         batch = bytes(self._buf[:size])
         del self._buf[:size]
+        self._advance(len(batch))
         return batch
+
+    def _advance(self, removed: int) -> None:
+        """``removed`` bytes left the front: forget the arrival marks of puts now wholly gone."""
+        self._head += removed
+        while self._marks and self._marks[0][0] <= self._head:
+            self._marks.popleft()
 
 
 class ReplayBuffer:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from bridge.app import Bridge
@@ -79,8 +80,7 @@ async def running(
         audio_dir=tmp_path / "eka-audio",
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
-        processing_s=0.0,
-        **(emulator_options or {}),
+        **{"processing_s": 0.0, **(emulator_options or {})},
     )
     emulator = Emulator(options)
     logs = LogCapture()
@@ -89,3 +89,13 @@ async def running(
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
         async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes) as bridge_url:
             yield Harness(emulator, bridge, eka_url, bridge_url, logs)
+
+
+@asynccontextmanager
+async def bridge_running(eka_url: str, logs: LogCapture, **settings: Any) -> AsyncIterator[tuple[Bridge, str]]:
+    """One more bridge against an emulator already running (e.g. two in sequence on one ledger)."""
+    bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
+    async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes) as bridge_url:
+        async with httpx.AsyncClient(timeout=10) as http:  # answered once its start-up has run
+            (await http.get(bridge_url + "/healthz")).raise_for_status()
+        yield bridge, bridge_url

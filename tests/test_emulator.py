@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import time
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -306,6 +307,50 @@ async def test_get_completes_with_emulator_transcript(tmp_path: Path) -> None:
         assert [list(t) for t in one.json()["templates"]] == [["clinical_notes_template"]]
         missing = await client.get(f"/voice/v1/sessions/{sid}", params={"template_id": "nope"}, headers=bearer(token))
         assert missing.status_code == 404
+
+
+async def test_outcomes_and_the_signed_completion_webhook(tmp_path: Path) -> None:
+    """``outcome`` makes processing end partial (206) or failed (200); each completion POSTs a
+    signed v2rx.completed to ``webhook_url`` (spec §7), here a small receiver."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from bridge.signing import check
+
+    key = "emulator-test-signing-key-000000"
+    notes: list[tuple[bytes, str | None]] = []
+
+    async def hook(request: Request) -> Response:
+        notes.append((await request.body(), request.headers.get("eka-webhook-signature")))
+        return Response(status_code=204)
+
+    emulator = make(tmp_path, processing_s=3600, outcome="partial", webhook_signing_key=key)
+    async with running(emulator) as client, serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url:
+        emulator.options.webhook_url = hook_url + "/hook"
+        token = (await login(client))["access_token"]
+        ids = []
+        for outcome in ("partial", "failed"):
+            emulator.options.outcome = outcome
+            sid = (await create_stream(client, token, templates=["eka_emr_template", "clinical_notes_template"]))["session_id"]
+            assert (await client.post(f"/voice/v1/sessions/{sid}/end", headers=bearer(token))).status_code == 202
+            assert (await client.get(f"/voice/v1/sessions/{sid}", headers=bearer(token))).status_code == 202
+            assert emulator.complete_processing() == 1
+            ids.append(sid)
+        partial, failed = [await client.get(f"/voice/v1/sessions/{sid}", headers=bearer(token)) for sid in ids]
+        await emulator.wait_for(lambda: len(emulator.webhooks_sent) == 2, timeout=WAIT)
+
+    assert partial.status_code == 206 and partial.json()["status"] == "partial"
+    body = partial.json()
+    assert [doc[name]["status"] for doc in body["templates"] for name in doc] == ["success", "failure"]
+    assert body["audio_files_processed"] == 0 and len(body["processing_errors"]) == 1 and body["transcript"]
+    assert failed.status_code == 200 and failed.json()["status"] == "failed" and failed.json()["transcript"] == ""
+    assert [w.status for w in emulator.webhooks_sent] == [204, 204]
+    for (raw, signature), sid, status in zip(notes, ids, ("partial", "failed")):
+        assert check(key, signature, raw, time.time()) is None
+        assert json.loads(raw)["data"] == {"transaction_id": sid, "session_id": sid, "status": status}
+        assert json.loads(raw)["event"] == "v2rx.completed"
 
 
 async def test_repeat_end_can_reprocess(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -29,8 +30,10 @@ class TokenProvider:
         budget_s: float,
         backoff: Backoff,
         log: Any,
+        observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._http = http
+        self._observe = observe  # (op, status or error) per attempt: the Eka request metrics
         self._base_url = base_url
         self._client_id = client_id
         self._client_secret = client_secret
@@ -99,6 +102,7 @@ class TokenProvider:
             budget_s=self._budget_s,
             backoff=self._backoff,
             on_retry=self._on_retry,
+            observe=self._observe,
         )
         if response.status_code != 200:
             raise EkaError(op, f"http_{response.status_code}", response.status_code)

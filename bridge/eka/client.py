@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,10 @@ class EkaClient:
         end_budget_s: float,
         backoff: Backoff,
         log: Any,
+        observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._http = http
+        self._observe = observe  # (op, status or error) per attempt: the Eka request metrics
         self._tokens = tokens
         self._base_url = base_url
         self._create_budget_s = create_budget_s
@@ -87,8 +90,12 @@ class EkaClient:
             return EndResult(response.status_code, "gone")
         raise EkaError("end", _error_reason(response), response.status_code, tries)
 
-    async def get_session(self, session_id: str, *, log: Any | None = None) -> httpx.Response:
-        response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", 30.0, log)
+    async def get_session(
+        self, session_id: str, *, log: Any | None = None, budget_s: float = 30.0
+    ) -> httpx.Response:
+        """One Get Session (transient failures retried within ``budget_s``). The server may hold
+        it up to ~14 s while processing (spec §6): the client's read timeout must exceed that."""
+        response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", budget_s, log)
         return response
 
     async def _call(
@@ -116,6 +123,7 @@ class EkaClient:
                 on_retry=lambda o, n, reason, delay: log.warning(
                     "eka_retry", op=o, attempt=n, reason=reason, delay_s=round(delay, 3)
                 ),
+                observe=self._observe,
             )
             if response.status_code != 401 or renewed:
                 return response, tries

@@ -59,11 +59,13 @@ async def with_retries(
     budget_s: float,
     backoff: Backoff,
     on_retry: Callable[[str, int, str, float], None],
+    observe: Callable[[str, str], None] | None = None,
 ) -> httpx.Response:
     """Run ``attempt`` until it gives a non-transient response or the budget is spent.
 
     Connect errors, timeouts and 429/5xx are transient. Any other response,
-    success or not, is returned for the caller to interpret.
+    success or not, is returned for the caller to interpret. ``observe(op, outcome)`` hears of
+    every attempt (outcome: the HTTP status, or the transport error's class name), for metrics.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_s
@@ -76,7 +78,11 @@ async def with_retries(
             response = await attempt()
         except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
             reason = type(exc).__name__
+            if observe is not None:
+                observe(op, reason)
         else:
+            if observe is not None:
+                observe(op, str(response.status_code))
             if response.status_code not in TRANSIENT_STATUSES:
                 return response
             status = response.status_code

@@ -38,15 +38,48 @@ def summary(session: EmulatedSession) -> dict[str, Any]:
 
 
 class AdminEndpoints:
-    """List sessions; add, list and clear faults; revoke access tokens."""
+    """List sessions and their frame arrival times; add, list and clear faults; revoke access tokens."""
 
-    def __init__(self, *, store: SessionStore, faults: Faults, revoke_tokens: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        faults: Faults,
+        revoke_tokens: Callable[[], None],
+        record_arrivals: bool = False,
+    ) -> None:
         self._store = store
+        self._record_arrivals = record_arrivals
         self._faults = faults
         self._revoke_tokens = revoke_tokens
 
     async def sessions(self, request: Request) -> Response:
         return JSONResponse({"sessions": [summary(s) for s in self._store.sessions.values()]})
+
+    async def arrivals(self, request: Request) -> Response:
+        """Per session: when each audio frame arrived and when End came (``time.monotonic()``).
+
+        For the load benchmark, which compares these with its own send times on the same
+        machine; ``arrivals`` is empty unless the emulator runs with ``--record-arrivals``.
+        """
+        return JSONResponse(
+            {
+                "clock": "monotonic",
+                "recording": self._record_arrivals,
+                "sessions": [
+                    {
+                        "session_id": s.session_id,
+                        "call_sid": s.additional_data.get("call_sid"),
+                        "audio_bytes": len(s.audio),
+                        "end_calls": s.end_calls,
+                        "ended_at": s.ended_at,
+                        "stream_closed_at": s.stream_closed_at,
+                        "arrivals": s.arrivals,
+                    }
+                    for s in self._store.sessions.values()
+                ],
+            }
+        )
 
     async def get_faults(self, request: Request) -> Response:
         return JSONResponse(self._faults.pending())

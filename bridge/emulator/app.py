@@ -25,6 +25,7 @@ from bridge.emulator.sessions import STREAM_PATH, SessionEndpoints
 from bridge.emulator.state import EmulatedSession, SessionStore
 from bridge.emulator.stream import StreamEndpoint
 from bridge.emulator.tokens import TokenStore
+from bridge.emulator.webhooks import SentWebhook, WebhookNotifier
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -50,7 +51,16 @@ class Emulator:
             refresh_ttl_s=self.options.refresh_ttl_s,
             static_tokens=self.options.static_tokens,
         )
-        self._processor = Processor(processing_s=self.options.processing_s, changes=self._changes, log=self._log)
+        self._webhooks = WebhookNotifier(self.options, self._changes, self._log)
+        #: Every v2rx.completed notification sent (``options.webhook_url``), with the receiver's status.
+        self.webhooks_sent: list[SentWebhook] = self._webhooks.sent
+        self._processor = Processor(
+            processing_s=self.options.processing_s,
+            changes=self._changes,
+            log=self._log,
+            outcome=lambda: self.options.outcome,
+            on_complete=self._webhooks.completed,
+        )
         self._stream = StreamEndpoint(
             store=self._store,
             faults=self.faults,
@@ -58,6 +68,7 @@ class Emulator:
             record=self._record,
             audio_dir=self.options.audio_dir,
             log=self._log,
+            record_arrivals=self.options.record_arrivals,
         )
         self.app = Starlette(
             routes=self._routes(),
@@ -73,6 +84,10 @@ class Emulator:
         revoked = self.tokens.revoke_access()
         self._log.info("tokens_revoked", count=revoked)
         self._changes.notify()
+
+    def complete_processing(self) -> int:
+        """Finish every session that is still processing now, as if ``processing_s`` had passed."""
+        return self._processor.complete_all()
 
     def count(self, op: str, status: int | None = None) -> int:
         """How many recorded requests of ``op`` there were (with ``status``, if given)."""
@@ -94,7 +109,12 @@ class Emulator:
             options=self.options,
             log=self._log,
         )
-        admin = AdminEndpoints(store=self._store, faults=self.faults, revoke_tokens=self.revoke_tokens)
+        admin = AdminEndpoints(
+            store=self._store,
+            faults=self.faults,
+            revoke_tokens=self.revoke_tokens,
+            record_arrivals=self.options.record_arrivals,
+        )
         op = self._operation
         return [
             Route("/connect-auth/v1/account/login", op("login", auth.login), methods=["POST"]),
@@ -105,6 +125,7 @@ class Emulator:
             Route("/voice/v1/sessions/{session_id}", op("get", voice.get), methods=["GET"]),
             WebSocketRoute(STREAM_PATH, self._stream.handle),
             Route("/_emulator/sessions", op("admin", admin.sessions), methods=["GET"]),
+            Route("/_emulator/arrivals", op("admin", admin.arrivals), methods=["GET"]),
             Route("/_emulator/faults", op("admin", admin.get_faults), methods=["GET"]),
             Route("/_emulator/faults", op("admin", admin.add_fault), methods=["POST"]),
             Route("/_emulator/faults", op("admin", admin.clear_faults), methods=["DELETE"]),
@@ -136,6 +157,7 @@ class Emulator:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         yield
         self._processor.cancel_all()
+        self._webhooks.cancel_all()
         self._stream.close_all()
 
 

@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-audio", action="store_true", help="do not write WAV files")
     parser.add_argument(
+        "--record-arrivals",
+        action="store_true",
+        help="keep each stream frame's arrival time, served at GET /_emulator/arrivals (for bench/load.py)",
+    )
+    parser.add_argument(
         "--processing-s",
         type=float,
         default=defaults.processing_s,
@@ -51,6 +56,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("error", "reprocess"),
         default=defaults.repeat_end,
         help="a repeated End Session: 400 as documented, or 202 again like Eka's OSS server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--outcome",
+        choices=("completed", "partial", "failed"),
+        default=defaults.outcome,
+        help="how processing ends: 200 completed, 206 partial (the last template fails), 200 failed"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--long-poll-s",
+        type=float,
+        default=defaults.long_poll_s,
+        help="hold a Get Session on a processing session up to this long, like Eka's server (~14 s)"
+        " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-url", default=None, help="POST a v2rx.completed notification here when a session completes"
+    )
+    parser.add_argument(
+        "--webhook-signing-key", default=None, help="sign those notifications (Eka-Webhook-Signature)"
     )
 
 
@@ -109,6 +134,11 @@ def options_from(args: argparse.Namespace) -> EmulatorOptions:
         token_ttl_s=args.token_ttl_s,
         processing_s=args.processing_s,
         repeat_end=getattr(args, "repeat_end", "error"),
+        record_arrivals=getattr(args, "record_arrivals", False),
+        outcome=getattr(args, "outcome", "completed"),
+        long_poll_s=getattr(args, "long_poll_s", 0.0),
+        webhook_url=getattr(args, "webhook_url", None),
+        webhook_signing_key=getattr(args, "webhook_signing_key", None),
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPEAT_END_MODES = ("error", "reprocess")
+OUTCOMES = ("completed", "partial", "failed")  # how processing ends (P-GS: 200, 206, 200 failed)
 
 
 @dataclass
@@ -26,10 +27,16 @@ class EmulatorOptions:
     repeat_end: str = "error"  # "error": repeated End -> 400 (docs); "reprocess": 202 again (OSS)
     session_ttl_s: float = 3600.0  # a session not ended by then is expired (docs: ~1 h)
     long_poll_s: float = 0.0  # hold a Get on a processing session up to this long (OSS: ~14 s); 0 = docs
+    record_arrivals: bool = False  # keep (monotonic time, audio bytes) per stream frame: for bench/load.py
+    outcome: str = "completed"  # "partial": the last template fails (206); "failed": 200 with status failed
+    webhook_url: str | None = None  # POST a v2rx.completed notification here when processing ends (§7)
+    webhook_signing_key: str | None = None  # sign it with Eka-Webhook-Signature; None = unsigned (§7.3)
 
     def __post_init__(self) -> None:
         if self.repeat_end not in REPEAT_END_MODES:
             raise ValueError(f"repeat_end must be one of {REPEAT_END_MODES}, not {self.repeat_end!r}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, not {self.outcome!r}")
         if self.audio_dir is not None and not isinstance(self.audio_dir, Path):
             self.audio_dir = Path(self.audio_dir)
         if not isinstance(self.static_tokens, frozenset):

@@ -1,10 +1,12 @@
-"""Emulated processing: an ended session becomes ``completed`` a fixed time later."""
+"""Emulated processing: an ended session becomes ``completed`` (or the configured outcome) a fixed
+time later."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from structlog.typing import FilteringBoundLogger
@@ -19,13 +21,27 @@ class Processor:
 
     A timer (not a Get) flips the status, so ``Emulator.wait_for`` can wait for
     completion; Get also catches up on its own, in case the timer has not run yet.
+    ``outcome`` is read at completion (``completed``, ``partial`` or ``failed``), so a test
+    may change it while sessions are processing; ``on_complete`` hears of each completion
+    (the webhook notifier).
     """
 
-    def __init__(self, *, processing_s: float, changes: Changes, log: FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        *,
+        processing_s: float,
+        changes: Changes,
+        log: FilteringBoundLogger,
+        outcome: Callable[[], str] = lambda: "completed",
+        on_complete: Callable[[EmulatedSession], None] | None = None,
+    ) -> None:
         self._processing_s = processing_s
         self._changes = changes
         self._log = log
+        self._outcome = outcome
+        self._on_complete = on_complete
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._processing: dict[str, EmulatedSession] = {}
 
     def start(self, session: EmulatedSession) -> None:
         """Begin (or, on a reprocessing End, restart) processing."""
@@ -35,6 +51,7 @@ class Processor:
         self._cancel(session.session_id)
         loop = asyncio.get_running_loop()
         self._timers[session.session_id] = loop.call_later(self._processing_s, self._complete, session)
+        self._processing[session.session_id] = session
         self._changes.notify()
 
     def catch_up(self, session: EmulatedSession) -> None:
@@ -44,6 +61,14 @@ class Processor:
             if time.monotonic() - started >= self._processing_s:
                 self._cancel(session.session_id)
                 self._complete(session)
+
+    def complete_all(self) -> int:
+        """Finish every session still processing, now (skip the wait); returns how many."""
+        pending = list(self._processing.values())
+        for session in pending:
+            self._cancel(session.session_id)
+            self._complete(session)
+        return len(pending)
 
     def cancel_all(self) -> None:
         for handle in self._timers.values():
@@ -57,16 +82,20 @@ class Processor:
 
     def _complete(self, session: EmulatedSession) -> None:
         self._timers.pop(session.session_id, None)
+        self._processing.pop(session.session_id, None)
         if session.status != "processing":
             return
         for template in session.templates or [DEFAULT_TEMPLATE]:
             session.documents.setdefault(template, "doc_" + secrets.token_hex(10))
-        session.status = "completed"
+        session.status = self._outcome()
         session.completed_at = datetime.now(timezone.utc)
         self._log.info(
             "session_completed",
             session_id=session.session_id,
+            outcome=session.status,
             audio_seconds=round(session.committed_seconds, 2),
             templates=list(session.documents),
         )
         self._changes.notify()
+        if self._on_complete is not None:
+            self._on_complete(session)

@@ -45,30 +45,43 @@ def language_detected(session: EmulatedSession) -> str:
     return "en"
 
 
+def failed_templates(session: EmulatedSession) -> list[str]:
+    """Which documents the configured outcome fails: the last one when ``partial``, all when ``failed``."""
+    names = list(session.documents)
+    if session.status == "failed":
+        return names
+    if session.status == "partial":
+        return names[-1:]
+    return []
+
+
 def documents(session: EmulatedSession, template_id: str | None = None, document_id: str | None = None) -> list[dict[str, Any]]:
     """``templates``: a list of single-key objects keyed by template id (P-YAML), filtered on request."""
+    failed = set(failed_templates(session))
     items = []
     for template, doc_id in session.documents.items():
         if template_id is not None and template != template_id:
             continue
         if document_id is not None and doc_id != document_id:
             continue
-        items.append(
-            {
-                template: {
-                    "status": "success",
-                    "document_id": doc_id,
-                    "document_type": template,
-                    "data": {
-                        "emulated": True,
-                        "message": "EkaScribe emulator: placeholder document, no clinical note was generated.",
-                        "audio_seconds": round(session.committed_seconds, 2),
-                    },
-                    "publish": {},
-                }
-            }
-        )
+        document: dict[str, Any] = {
+            "status": "success",
+            "document_id": doc_id,
+            "document_type": template,
+            "data": {
+                "emulated": True,
+                "message": "EkaScribe emulator: placeholder document, no clinical note was generated.",
+                "audio_seconds": round(session.committed_seconds, 2),
+            },
+            "publish": {},
+        }
+        if template in failed:
+            document.update(status="failure", data={}, errors=[{"type": "generation_failed", "message": EMULATED_FAILURE}])
+        items.append({template: document})
     return items
+
+
+EMULATED_FAILURE = "EkaScribe emulator: this document failed on purpose (outcome option)."
 
 
 def pending_body(session: EmulatedSession, status: str) -> dict[str, Any]:
@@ -89,12 +102,14 @@ def pending_body(session: EmulatedSession, status: str) -> dict[str, Any]:
 
 
 def completed_body(session: EmulatedSession, templates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The 200 ``SessionCompletedResponse``."""
+    """The 200 ``SessionCompletedResponse`` (``completed`` or ``failed``), or the 206
+    ``SessionPartialResponse`` (``partial``: the same fields plus ``audio_files_processed`` and
+    ``processing_errors``)."""
     files = audio_files(session)
     assert session.completed_at is not None
-    return {
+    body = {
         "session_id": session.session_id,
-        "status": "completed",
+        "status": session.status,
         "created_at": iso(session.created_at),
         "completed_at": iso(session.completed_at),
         "expires_at": iso(session.expires_at),
@@ -104,10 +119,16 @@ def completed_body(session: EmulatedSession, templates: list[dict[str, Any]]) ->
         "audio_files_received": len(files),
         "audio_files": files,
         "additional_data": session.additional_data,
-        "transcript": transcript(session),
+        "transcript": "" if session.status == "failed" else transcript(session),
         "templates": templates,
         "patient_details": session.patient_details,
     }
+    if session.status == "partial":
+        body["audio_files_processed"] = len(files)
+        body["processing_errors"] = [
+            {"type": "template_failed", "message": f"{name}: {EMULATED_FAILURE}"} for name in failed_templates(session)
+        ]
+    return body
 
 
 def expired_body(session: EmulatedSession) -> dict[str, Any]:

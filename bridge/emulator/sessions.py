@@ -157,7 +157,8 @@ class SessionEndpoints:
         )
 
     async def get(self, request: Request) -> Response:
-        """202 until processing is done, then 200 ``completed`` (P-GS).
+        """202 until processing is done, then 200 ``completed`` (P-GS); with the ``outcome``
+        option, 206 ``partial`` or 200 ``failed`` instead.
 
         No long-poll by default (P-GS: poll every ~1 s); ``long_poll_s`` holds a GET on
         a processing session like Eka's OSS server does (up to ~14 s there).
@@ -187,7 +188,8 @@ class SessionEndpoints:
             return voice_error(404, "template_not_found", f"no document for template {template_id}")
         if document_id is not None and not documents:
             return voice_error(404, "document_not_found", f"no document {document_id}")
-        return JSONResponse(results.completed_body(session, documents), status_code=200)
+        status_code = 206 if session.status == "partial" else 200
+        return JSONResponse(results.completed_body(session, documents), status_code=status_code)
 
 
 def _not_found(session_id: str) -> Response:

@@ -32,7 +32,7 @@ class EmulatedSession:
     session_mode: str = "dictation"
     additional_data: dict[str, Any] = field(default_factory=dict)  # includes the server-added "_protocol"
     patient_details: dict[str, Any] | None = None
-    status: str = "created"  # created -> processing (first End) -> completed
+    status: str = "created"  # created -> processing (first End) -> completed | partial | failed
     sample_rate: int = DEFAULT_SAMPLE_RATE
     wire_mode: str | None = None  # "binary" or "json", from the first frame
     audio: bytearray = field(default_factory=bytearray, repr=False)
@@ -51,6 +51,9 @@ class EmulatedSession:
     audio_bytes_at_end: int | None = None  # what End "committed"; later frames are not processed
     documents: dict[str, str] = field(default_factory=dict)  # template_id -> document_id
     wav_path: Path | None = None
+    #: With ``record_arrivals``: (``time.monotonic()``, total audio bytes) after each audio frame.
+    #: CLOCK_MONOTONIC is system-wide, so another process on the machine can compare its own times.
+    arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
     @property
     def audio_seconds(self) -> float:

@@ -49,6 +49,7 @@ class StreamEndpoint:
         record: Callable[[RecordedRequest], None],
         audio_dir: Path | None,
         log: FilteringBoundLogger,
+        record_arrivals: bool = False,
     ) -> None:
         self._store = store
         self._faults = faults
@@ -56,6 +57,7 @@ class StreamEndpoint:
         self._record = record
         self._audio_dir = audio_dir
         self._log = log
+        self._record_arrivals = record_arrivals
         self._sinks: dict[str, WavSink | None] = {}  # session_id -> open WAV (None: writing failed)
 
     async def handle(self, websocket: WebSocket) -> None:
@@ -193,6 +195,8 @@ class StreamEndpoint:
         if not pcm:
             return 0  # OSS ignores empty media payloads
         session.audio.extend(pcm)
+        if self._record_arrivals:
+            session.arrivals.append((time.monotonic(), len(session.audio)))
         self._write_wav(session, pcm)
         self._changes.notify()
         return len(pcm)

@@ -1,0 +1,631 @@
+"""Load benchmark: how many live calls one core of the bridge carries, and at what cost.
+
+Run: ``python -m bench.load`` (or ``make bench-load``); ``--find-max`` ramps the call count.
+Not a test: it takes a minute, prints figures, and asserts nothing.
+
+Three kinds of process on loopback, each separate: the bridge (``bridge serve``, pinned to
+CPU 0 with ``taskset`` where it exists), the EkaScribe emulator (``bridge emulator``, recording
+when each upstream frame arrives) and the load generator (bench/loadgen.py), the last two
+pinned to the other CPUs so they never take the bridge's core. The same run then repeats the
+load against a bare sink on the same server stack (bench/sink.py) on the same core: the floor.
+
+Each run: calls start at ``--ramp-rate`` per second; once all stream, a steady window opens
+(1 s later) and closes 0.5 s before the first call stops. In that window:
+
+- CPU: utime+stime of the server process from /proc/<pid>/stat → % of one core, µs per media message;
+- RSS: VmRSS under load minus VmRSS at idle before the calls, per call;
+- event-loop lag, measured from outside: round trips of ``GET /healthz`` every 50 ms over one
+  keep-alive connection. A request waits for the server's loop, so this is loop lag plus a
+  loopback round trip (~0.1 ms) plus the prober's own scheduling; the sink's figure is the floor;
+- upstream delivery lag: when each ~100 ms batch reached the emulator, minus when the generator
+  sent the media message that completed it (so the batching window itself is not counted);
+- send-schedule slip of the generator, its CPU and the load CPUs' busy share: whether the
+  generator, not the server, was the limit.
+
+Over the whole run: audio frames sent vs received by EkaScribe (loss must be 0) and End Session
+latency (the generator's ``stop`` → the emulator receiving End).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+import numpy as np
+
+from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
+from bridge.audio.resample import HALF_SPAN
+
+HOST = "127.0.0.1"
+TWILIO_TOKEN = "bench-twilio-token"
+EKA_TOKEN = "bench-static-token"
+FRAME_S = 0.020
+FRAME_BYTES = 160  # μ-law per 20 ms per track
+OUT_BYTES_PER_IN_BYTE = 4  # 8 kHz μ-law byte → two 16 kHz int16 samples
+PROBE_INTERVAL_S = 0.05
+SETTLE_S = 1.0  # after the last call starts, before the window opens
+WINDOW_MARGIN_S = 0.5  # before the first call stops, the window closes
+LAG_LIMIT_MS = 50.0  # --find-max: p99 loop lag above this fails a step
+SATURATED = 0.90  # share of a core at which a process (or the load CPUs) counts as saturated
+SLIP_LIMIT_MS = 10.0  # generator's p99 send slip above this: the generator is the limit
+DISTURBED_PCT = 10.0  # other processes' share of the server CPU above which a step is flagged
+
+
+@dataclass
+class Plan:
+    calls: int
+    duration_s: float
+    tracks: int
+    ramp_rate: float
+
+
+@dataclass
+class Figures:
+    """What one run measured; ``None`` where it does not apply (the sink has no upstream)."""
+
+    target: str
+    plan: Plan
+    window_s: float = 0.0
+    media_messages: int = 0
+    server_cpu_s: float = 0.0
+    cpu_pct: float = math.nan
+    us_per_message: float = math.nan
+    rss_idle_kb: int = 0
+    rss_loaded_kb: int = 0
+    loop_lag_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # p50, p99, max
+    delivery_lag_ms: tuple[float, float, float] | None = None
+    frames_sent: int = 0
+    frames_received: int | None = None
+    calls_short: int | None = None  # calls whose audio did not all arrive
+    end_latency_ms: tuple[float, float, float] | None = None
+    ends_missing: int | None = None
+    failed_calls: int = 0
+    generator_cpu_pct: float = math.nan
+    emulator_cpu_pct: float | None = None
+    load_cpus_busy_pct: float = math.nan
+    foreign_on_server_cpu_pct: float = math.nan  # other processes (or the kernel for them) on the server's CPU
+    slip_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rss_per_call_kb(self) -> float:
+        return (self.rss_loaded_kb - self.rss_idle_kb) / max(1, self.plan.calls)
+
+    @property
+    def lost_frames(self) -> int | None:
+        return None if self.frames_received is None else self.frames_sent - self.frames_received
+
+    @property
+    def server_saturated(self) -> bool:
+        return self.cpu_pct >= SATURATED * 100
+
+    @property
+    def generator_limited(self) -> bool:
+        """The generator could not keep its schedule: then it, not the server, set the pace."""
+        return self.slip_ms[1] > SLIP_LIMIT_MS
+
+    @property
+    def load_side_busy(self) -> bool:
+        """The load CPUs (generator, emulator, loopback kernel work) were close to full."""
+        return self.load_cpus_busy_pct >= SATURATED * 100
+
+    @property
+    def passed(self) -> bool:
+        """The --find-max criterion: every call ran, nothing lost, p99 loop lag within the limit."""
+        return (
+            self.failed_calls == 0
+            and not self.errors
+            and (self.lost_frames or 0) == 0
+            and not self.calls_short
+            and not self.ends_missing
+            and self.loop_lag_ms[1] <= LAG_LIMIT_MS
+        )
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class Service:
+    """A child process whose output goes to a log file; ``ready`` is the line that says it is up."""
+
+    def __init__(self, name: str, argv: list[str], *, cpus: str | None, env: dict[str, str], log: Path, ready: str):
+        self.name, self.ready_text, self.log_path = name, ready, log
+        command = ["taskset", "-c", cpus, *argv] if cpus else argv  # taskset execs: same pid
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.log_path, "w") as log:
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace")
+                log.write(line)
+                if self.ready_text in line:
+                    self.lines.append(line)
+                    self._ready.set()
+
+    def wait_ready(self, timeout: float) -> str:
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s (see {self.log_path})")
+        return self.lines[0]
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s: only this process, by its own pid."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Cpus:
+    """Where each process runs: the server alone on the first CPU, everything else on the rest."""
+
+    server: str | None = None  # taskset lists; None: not pinned
+    load: str | None = None
+    load_list: tuple[int, ...] = ()
+
+    @classmethod
+    def split(cls) -> Cpus:
+        cpus = sorted(os.sched_getaffinity(0))
+        if shutil.which("taskset") is None or len(cpus) < 2:
+            return cls()
+        return cls(str(cpus[0]), ",".join(map(str, cpus[1:])), tuple(cpus[1:]))
+
+    def describe(self) -> str:
+        if self.server is None:
+            return "not pinned (no taskset, or one CPU): figures mix server and load"
+        return f"server pinned to CPU {self.server}, emulator + generator + prober on CPU {self.load}"
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+class Prober(threading.Thread):
+    """GET /healthz every 50 ms on one keep-alive connection; keeps the round-trip times."""
+
+    def __init__(self, port: int, until: float) -> None:
+        super().__init__(name="healthz-prober", daemon=True)
+        self.port, self.until = port, until
+        self.rtts_ms: list[float] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=5)
+        next_at = time.monotonic()
+        while next_at < self.until:
+            began = time.monotonic()
+            try:
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+                self.rtts_ms.append((time.monotonic() - began) * 1000)
+            except (OSError, http.client.HTTPException):
+                self.failures += 1
+                self.rtts_ms.append((time.monotonic() - began) * 1000)
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=5)
+            next_at += PROBE_INTERVAL_S
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        conn.close()
+
+
+@dataclass
+class Snapshot:
+    at: float
+    cpu: dict[str, float]
+    cores: list[CoreTimes]
+
+    server_core: CoreTimes | None = None
+
+    @classmethod
+    def take(cls, pids: dict[str, int], cpus: Cpus) -> Snapshot:
+        return cls(
+            time.monotonic(),
+            {n: cpu_seconds(p) for n, p in pids.items()},
+            [CoreTimes.read(c) for c in cpus.load_list],
+            CoreTimes.read(int(cpus.server)) if cpus.server is not None else None,
+        )
+
+
+def triple(values: list[float] | np.ndarray) -> tuple[float, float, float]:
+    """p50, p99, max."""
+    values = list(values)
+    return (percentile(values, 50), percentile(values, 99), max(values) if values else math.nan)
+
+
+def delivery_lags_ms(
+    arrivals: list[list[float]], sent: np.ndarray, stop_at: float, window: tuple[float, float]
+) -> list[float]:
+    """Per upstream frame in the window: arrival minus the send time of the media message that completed it.
+
+    After B bytes of 16 kHz PCM the bridge has needed B/4 input samples plus the resampler's
+    look-ahead (HALF_SPAN), i.e. frame ceil(n/160)−1; the tail after ``stop`` is due to ``stop``.
+    """
+    lags = []
+    frames = int(np.count_nonzero(~np.isnan(sent)))
+    for at, total in arrivals:
+        if not window[0] <= at <= window[1]:
+            continue
+        needed = total // OUT_BYTES_PER_IN_BYTE + HALF_SPAN
+        k = math.ceil(needed / FRAME_BYTES) - 1
+        reference = sent[k] if k < frames else stop_at
+        lags.append((at - reference) * 1000)
+    return lags
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
+    """Run ``plan`` against ``target`` ("bridge" or "sink") with fresh processes; return the figures."""
+    server_cpus, load_cpus = cpus.server, cpus.load
+    figures = Figures(target, plan)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    services: list[Service] = []
+    py = sys.executable
+    try:
+        port = free_port()
+        pids: dict[str, int] = {}
+        emulator_url = None
+        if target == "bridge":
+            eka_port = free_port()
+            emulator = Service(
+                "emulator",
+                [py, "-m", "bridge", "emulator", "--host", HOST, "--port", str(eka_port), "--no-audio",
+                 "--record-arrivals", "--static-token", EKA_TOKEN, "--processing-s", "0"],
+                cpus=load_cpus, env=env, log=work / "emulator.log", ready="emulator listening on",
+            )  # fmt: skip
+            services.append(emulator)
+            emulator.wait_ready(30)
+            emulator_url = f"http://{HOST}:{eka_port}"
+            pids["emulator"] = emulator.pid
+            server_env = {
+                **env,
+                "EKA_API_BASE_URL": emulator_url,
+                "EKA_ACCESS_TOKEN": EKA_TOKEN,
+                "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+                "BRIDGE_MAX_CALLS": "100000",
+                "BRIDGE_LEDGER_PATH": str(work / "ledger.db"),
+                "BRIDGE_LOG_FORMAT": "json",
+                "BRIDGE_DRAIN_S": "0",
+            }
+            server = Service(
+                "bridge",
+                [py, "-m", "bridge", "serve", "--host", HOST, "--port", str(port)],
+                cpus=server_cpus, env=server_env, log=work / "bridge.log", ready="bridge: listening on",
+            )  # fmt: skip
+        else:
+            server = Service(
+                "sink", [py, "-m", "bench.sink", "--host", HOST, "--port", str(port)],
+                cpus=server_cpus, env=env, log=work / "sink.log", ready="sink: listening on",
+            )  # fmt: skip
+        services.append(server)
+        server.wait_ready(30)
+        pids["server"] = server.pid
+        time.sleep(1.0)
+        figures.rss_idle_kb = rss_kb(server.pid)
+
+        generator = Service(
+            "loadgen",
+            [py, "-m", "bench.loadgen", "--url", f"ws://{HOST}:{port}/twilio/stream", "--calls", str(plan.calls),
+             "--duration", str(plan.duration_s), "--tracks", str(plan.tracks), "--ramp-rate", str(plan.ramp_rate),
+             "--token", TWILIO_TOKEN, "--out", str(work / "loadgen")],
+            cpus=load_cpus, env=env, log=work / "loadgen.log", ready="loadgen: streaming",
+        )  # fmt: skip
+        services.append(generator)
+        pids["generator"] = generator.pid
+        ramp_s = plan.calls / plan.ramp_rate
+        streaming = generator.wait_ready(ramp_s + 60)
+        first_stop = float(streaming.split("first_stop=")[1])
+        opens, closes = time.monotonic() + SETTLE_S, first_stop - WINDOW_MARGIN_S
+        window: tuple[float, float] | None = None
+        if closes - opens < 2.0:
+            figures.errors.append(f"no steady window: lengthen --duration beyond {ramp_s + 4:.0f} s")
+        else:
+            time.sleep(max(0.0, opens - time.monotonic()))
+            before = Snapshot.take(pids, cpus)
+            prober = Prober(port, closes)
+            prober.start()
+            rss_samples = []
+            while time.monotonic() < closes:
+                rss_samples.append(rss_kb(server.pid))
+                time.sleep(min(0.5, max(0.0, closes - time.monotonic())))
+            after = Snapshot.take(pids, cpus)
+            prober.join(10)
+            figures.rss_loaded_kb = max(rss_samples)
+            figures.loop_lag_ms = triple(prober.rtts_ms)
+            if prober.failures:
+                figures.errors.append(f"{prober.failures} /healthz probes failed")
+            _cpu_figures(figures, before, after)
+            window = (before.at, after.at)
+        if generator.wait(plan.duration_s + ramp_s + 120) != 0:
+            figures.errors.append(f"load generator failed (see {generator.log_path})")
+            return figures
+        _generator_figures(figures, work / "loadgen", window)
+        if emulator_url is not None:
+            _upstream_figures(figures, emulator_url, work / "loadgen", window)
+        return figures
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def _cpu_figures(figures: Figures, before: Snapshot, after: Snapshot) -> None:
+    figures.window_s = after.at - before.at
+    server_s = after.cpu["server"] - before.cpu["server"]
+    figures.cpu_pct = 100 * server_s / figures.window_s
+    figures.generator_cpu_pct = 100 * (after.cpu["generator"] - before.cpu["generator"]) / figures.window_s
+    if "emulator" in after.cpu:
+        figures.emulator_cpu_pct = 100 * (after.cpu["emulator"] - before.cpu["emulator"]) / figures.window_s
+    if after.cores:
+        shares = [a.busy_share_since(b) for a, b in zip(after.cores, before.cores)]
+        figures.load_cpus_busy_pct = 100 * sum(shares) / len(shares)
+    if after.server_core is not None and before.server_core is not None:
+        core_pct = 100 * after.server_core.busy_share_since(before.server_core)
+        figures.foreign_on_server_cpu_pct = max(0.0, core_pct - figures.cpu_pct)
+    figures.server_cpu_s = server_s
+
+
+def _generator_figures(figures: Figures, out: Path, window: tuple[float, float] | None) -> None:
+    summary = json.loads((out / "calls.json").read_text())
+    sent = np.load(out / "send_times.npy")
+    calls = summary["calls"]
+    figures.failed_calls = sum(1 for c in calls if c["started_at"] is None or c["error"])
+    figures.errors += sorted({c["error"] for c in calls if c["error"]})[:3]
+    figures.frames_sent = int(np.count_nonzero(~np.isnan(sent)))
+    slips = []
+    for i, call in enumerate(calls):
+        if call["started_at"] is None:
+            continue
+        row = sent[i][~np.isnan(sent[i])]
+        due = call["started_at"] + FRAME_S * np.arange(1, len(row) + 1)
+        slips.append((row - due) * 1000)
+    if slips:
+        figures.slip_ms = triple(np.concatenate(slips))
+    if window is not None:
+        in_window = np.count_nonzero((sent >= window[0]) & (sent <= window[1]))
+        figures.media_messages = int(in_window) * len(summary["tracks"])
+        figures.us_per_message = 1e6 * figures.server_cpu_s / max(1, figures.media_messages)
+
+
+def _upstream_figures(figures: Figures, emulator_url: str, out: Path, window: tuple[float, float] | None) -> None:
+    """Wait for every call's End at the emulator, then compare what arrived with what was sent."""
+    summary = json.loads((out / "calls.json").read_text())
+    sent = np.load(out / "send_times.npy")
+    calls = {c["call_sid"]: (i, c) for i, c in enumerate(summary["calls"]) if c["started_at"] is not None}
+    deadline = time.monotonic() + 60 + len(calls) / 20
+    while True:
+        with urllib.request.urlopen(f"{emulator_url}/_emulator/arrivals", timeout=30) as response:
+            sessions = json.loads(response.read())["sessions"]
+        ended = {s["call_sid"] for s in sessions if s["ended_at"] is not None}
+        if set(calls) <= ended or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    (out.parent / "arrivals.json").write_text(json.dumps(sessions))  # for a look afterwards (--keep)
+    received: dict[str, int] = {}
+    for s in sessions:
+        received[s["call_sid"]] = received.get(s["call_sid"], 0) + s["audio_bytes"]
+    figures.frames_received = 0
+    figures.calls_short = 0
+    lags: list[float] = []
+    ends: list[float] = []
+    for s in sessions:
+        if s["call_sid"] not in calls:
+            continue
+        i, call = calls[s["call_sid"]]
+        if s["ended_at"] is not None and call["stop_at"] is not None:
+            ends.append((s["ended_at"] - call["stop_at"]) * 1000)
+        if window is not None:
+            lags += delivery_lags_ms(s["arrivals"], sent[i], call["stop_at"] or math.inf, window)
+    for sid, (i, call) in calls.items():
+        expected = call["frames_sent"] * FRAME_BYTES * OUT_BYTES_PER_IN_BYTE
+        got = received.get(sid, 0)
+        figures.frames_received += min(got, expected) // (FRAME_BYTES * OUT_BYTES_PER_IN_BYTE)
+        figures.calls_short += got < expected
+    figures.frames_sent = sum(c["frames_sent"] for _, c in calls.values())
+    figures.end_latency_ms = triple(ends)
+    figures.ends_missing = len(calls) - len(ends)
+    figures.delivery_lag_ms = triple(lags) if lags else None
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def _or_na(value: float | int | None, style: str = "{}") -> str:
+    return "n/a" if value is None else style.format(value)
+
+
+def _ms(values: tuple[float, float, float] | None) -> str:
+    return "n/a" if values is None else f"{values[0]:.1f} / {values[1]:.1f} / {values[2]:.1f}"
+
+
+def report(runs: list[Figures], cpus: Cpus, out: Callable[[str], None] = print) -> None:
+    """The figures side by side, then the verdicts."""
+    plan = runs[0].plan
+    out(f"\n{plan.calls} calls × {plan.duration_s:g} s, {plan.tracks} track(s) × 50 media messages/s, "
+        f"started at {plan.ramp_rate:g}/s; {os.cpu_count()} CPUs, {cpus.describe()}")  # fmt: skip
+    rows: list[tuple[str, Callable[[Figures], str]]] = [
+        ("steady window (s)", lambda f: f"{f.window_s:.1f}"),
+        ("media messages in window", lambda f: f"{f.media_messages}"),
+        ("server CPU (% of one core)", lambda f: f"{f.cpu_pct:.1f}"),
+        ("CPU per media message (µs)", lambda f: f"{f.us_per_message:.1f}"),
+        ("RSS idle → loaded (MiB)", lambda f: f"{f.rss_idle_kb / 1024:.1f} → {f.rss_loaded_kb / 1024:.1f}"),
+        ("RSS per call (KiB)", lambda f: f"{f.rss_per_call_kb:.1f}"),
+        ("loop lag via /healthz p50/p99/max (ms)", lambda f: _ms(f.loop_lag_ms)),
+        ("upstream lag beyond batch p50/p99/max (ms)", lambda f: _ms(f.delivery_lag_ms)),
+        ("audio frames sent → received (20 ms)", lambda f: f"{f.frames_sent} → {_or_na(f.frames_received)}"),
+        ("lost frames / short calls", lambda f: f"{_or_na(f.lost_frames)} / {_or_na(f.calls_short)}"),
+        ("End Session after stop p50/p99/max (ms)", lambda f: _ms(f.end_latency_ms)),
+        ("failed calls", lambda f: f"{f.failed_calls}"),
+        ("generator CPU (% of one core)", lambda f: f"{f.generator_cpu_pct:.1f}"),
+        ("emulator CPU (% of one core)", lambda f: _or_na(f.emulator_cpu_pct, "{:.1f}")),
+        ("load CPUs busy (%)", lambda f: f"{f.load_cpus_busy_pct:.1f}"),
+        ("other work on the server's CPU (%)", lambda f: f"{f.foreign_on_server_cpu_pct:.1f}"),
+        ("generator send slip p50/p99/max (ms)", lambda f: _ms(f.slip_ms)),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    out(f"{'':{width}}  " + "  ".join(f"{f.target:>24}" for f in runs))
+    for name, cell in rows:
+        out(f"{name:{width}}  " + "  ".join(f"{cell(f):>24}" for f in runs))
+    by = {f.target: f for f in runs}
+    if "bridge" in by and "sink" in by:
+        ratio = by["bridge"].us_per_message / by["sink"].us_per_message
+        out(f"bridge/sink CPU per message: {ratio:.2f}×")
+    for f in runs:
+        out(f"{f.target}: {verdict(f)}")
+        for error in f.errors:
+            out(f"{f.target}: error: {error}")
+
+
+def verdict(f: Figures) -> str:
+    load = f"load CPUs {f.load_cpus_busy_pct:.0f}% busy, generator slip p99 {f.slip_ms[1]:.1f} ms"
+    if f.generator_limited:
+        return f"the LOAD GENERATOR fell behind first ({load}): the server's figures are not its limit"
+    if f.server_saturated:
+        side = "; the load CPUs were near full too" if f.load_side_busy else ""
+        return f"the {f.target} saturated first ({f.cpu_pct:.0f}% of its core; generator on schedule: {load}{side})"
+    if f.load_side_busy:
+        return f"the LOAD SIDE is near full ({load}) while the server is at {f.cpu_pct:.0f}%: not a server limit"
+    return f"nothing saturated (server {f.cpu_pct:.0f}% of its core; {load})"
+
+
+# -- find-max ---------------------------------------------------------------------------------
+
+
+def find_max(base: Plan, work: Path, cpus: Cpus, step_s: float, limit: int) -> None:
+    """Double the calls until a step fails, then bisect; prints the most that passed."""
+    def step(calls: int) -> Figures:
+        ramp_s = calls / base.ramp_rate
+        plan = Plan(calls, max(step_s, ramp_s + SETTLE_S + 6), base.tracks, base.ramp_rate)
+        f = run("bridge", plan, work / f"max-{calls}", cpus)
+        disturbed = f.foreign_on_server_cpu_pct > DISTURBED_PCT
+        print(
+            f"  {calls:5d} calls: CPU {f.cpu_pct:5.1f}%  {f.us_per_message:6.1f} µs/msg  "
+            f"loop lag p99 {f.loop_lag_ms[1]:8.1f} ms  "
+            f"upstream lag p99 {(f.delivery_lag_ms or (math.nan,) * 3)[1]:8.1f} ms  "
+            f"lost {f.lost_frames}  failed {f.failed_calls}  gen slip p99 {f.slip_ms[1]:.1f} ms  "
+            f"load CPUs {f.load_cpus_busy_pct:.0f}%  other on server CPU {f.foreign_on_server_cpu_pct:.0f}%  "
+            f"→ {'pass' if f.passed else 'FAIL'}{' (generator-limited)' if f.generator_limited else ''}"
+            f"{' (disturbed: other processes on the server CPU)' if disturbed else ''}",
+            flush=True,
+        )  # fmt: skip
+        return f
+
+    print(f"find-max: {base.tracks}-track calls, pass = no loss, no failed call, p99 loop lag ≤ {LAG_LIMIT_MS:g} ms")
+    best, worst, calls = 0, None, 10
+    while calls <= limit:
+        f = step(calls)
+        if f.generator_limited:
+            print(f"find-max: stopped: the load generator is the limit at {calls} calls")
+            break
+        if not f.passed:
+            worst = calls
+            break
+        best, calls = calls, calls * 2
+    while worst is not None and worst - best > max(5, best // 20):
+        middle = (best + worst) // 2
+        f = step(middle)
+        if f.generator_limited:
+            print(f"find-max: stopped: the load generator is the limit at {middle} calls")
+            break
+        best, worst = (middle, worst) if f.passed else (best, middle)
+    print(f"find-max: maximum concurrent {base.tracks}-track calls per core: {best}"
+          + (f" (fails at {worst})" if worst else f" (no failure up to {limit})"))  # fmt: skip
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench.load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20, help="concurrent calls (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of audio per call (default: %(default)s)")
+    parser.add_argument("--tracks", type=int, choices=(1, 2), default=1, help="1: inbound only; 2: both parties")
+    parser.add_argument(
+        "--ramp-rate", type=float, default=100.0, help="calls started per second (default: %(default)s)"
+    )
+    parser.add_argument("--no-sink", action="store_true", help="skip the bare-sink floor run")
+    parser.add_argument(
+        "--find-max", action="store_true", help="ramp calls until p99 loop lag > 50 ms or a frame is lost"
+    )
+    parser.add_argument(
+        "--step-duration", type=float, default=15.0, help="--find-max: seconds per step (at least ramp + 7)"
+    )
+    parser.add_argument("--max-calls", type=int, default=5000, help="--find-max: stop doubling here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers, send times)")
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up children on SIGTERM too
+    cpus = Cpus.split()
+    if cpus.load_list:
+        os.sched_setaffinity(0, cpus.load_list)  # this process (and its prober) stays off the server's core
+    idle_before = CoreTimes.read(None)
+    time.sleep(1.0)
+    busy = 100 * CoreTimes.read(None).busy_share_since(idle_before)
+    if busy > 10:
+        print(f"bench.load: WARNING: the machine is {busy:.0f}% busy before the run (other processes):"
+              " figures will be noisy and pessimistic", flush=True)  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    plan = Plan(args.calls, args.duration, args.tracks, args.ramp_rate)
+    try:
+        if args.find_max:
+            find_max(plan, work, cpus, args.step_duration, args.max_calls)
+        else:
+            print(f"bench.load: {plan.calls} calls × {plan.duration_s:g} s against the bridge"
+                  + ("" if args.no_sink else ", then the bare sink") + f"; {cpus.describe()}", flush=True)  # fmt: skip
+            runs = [run("bridge", plan, work / "bridge", cpus)]
+            if not args.no_sink:
+                runs.append(run("sink", plan, work / "sink", cpus))
+            report(runs, cpus)
+    except KeyboardInterrupt:
+        print("interrupted; child processes stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

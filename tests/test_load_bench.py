@@ -1,0 +1,135 @@
+"""The load benchmark's parts: the emulator's arrival log, the generator's pre-masked frames,
+the lag arithmetic, and one tiny end-to-end run (bridge, emulator, generator as processes)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.frames import Opcode
+from websockets.protocol import OPEN, SERVER, Protocol
+
+from bench.load import Cpus, Plan, delivery_lags_ms, run
+from bench.loadgen import FRAME_BYTES, Templates, frame
+from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
+from bridge.audio.resample import HALF_SPAN
+from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.telephony.twilio import media_message
+from tests.harness import running
+from tests.test_call import ulaw_call
+
+
+def received_frames(data: bytes) -> list[tuple[Opcode, bytes]]:
+    """Decode client frames with the websockets library's own server-side parser (unmasking included)."""
+    protocol = Protocol(SERVER, state=OPEN, max_size=None)
+    protocol.receive_data(data)
+    return [(f.opcode, bytes(f.data)) for f in protocol.events_received()]
+
+
+def test_pre_masked_media_frames_are_exactly_the_simulators_messages() -> None:
+    mask = b"\x8a\x13\x5c\xe1"  # every alignment of the sid matters: a nonzero, uneven mask
+    templates = Templates(["inbound", "outbound"], ticks=7, mask=mask)
+    sid = "MZ" + "0123456789abcdef" * 2
+    sids = templates.masked_sids(sid)
+    wire = b"".join(p.head + sids[p.sid_phase] + p.tail for tick in templates.ticks for p in tick)
+    messages = [json.loads(data) for opcode, data in received_frames(wire)]
+    assert len(messages) == 14
+    for n, message in enumerate(messages):
+        k, track = divmod(n, 2)
+        track_name = ("outbound", "inbound")[track]
+        assert message["streamSid"] == sid
+        expected = media_message(
+            2 + n, stream_sid=sid, track=track_name, chunk=k + 1, timestamp_ms=20 * k, payload=b""
+        )
+        assert {**message, "media": {**message["media"], "payload": ""}} == {
+            **expected,
+            "media": {**expected["media"], "payload": ""},
+        }
+        assert len(base64.b64decode(message["media"]["payload"])) == FRAME_BYTES
+
+
+def test_control_frames_decode() -> None:
+    (closing,) = received_frames(frame(0x8, (1000).to_bytes(2, "big"), b"abcd"))
+    assert closing == (Opcode.CLOSE, (1000).to_bytes(2, "big"))
+    big = b"x" * 70_000  # the 8-byte length form
+    ((opcode, data),) = received_frames(frame(0x1, big, b"wxyz"))
+    assert opcode == Opcode.TEXT and data == big
+
+
+def test_delivery_lag_counts_from_the_frame_that_completed_each_batch() -> None:
+    frames = 50
+    sent = 100.0 + 0.02 * np.arange(1, frames + 1)
+    batch = 3200  # 100 ms of 16 kHz PCM
+    arrivals = []
+    for j in range(1, 10):
+        k = int(np.ceil((batch * j // 4 + HALF_SPAN) / FRAME_BYTES)) - 1  # 5j: 6 ms of look-ahead
+        assert k == 5 * j
+        arrivals.append([sent[k] + 0.003, batch * j])
+    stop_at = sent[-1] + 0.001
+    arrivals.append([stop_at + 0.004, frames * FRAME_BYTES * 4])  # the flushed tail, due to stop
+    lags = delivery_lags_ms(arrivals, sent, stop_at, (0.0, 1e9))
+    assert np.allclose(lags, [3.0] * 9 + [4.0])
+    assert delivery_lags_ms(arrivals, sent, stop_at, (sent[20], sent[30])) == pytest.approx([3.0, 3.0])
+
+
+def test_percentile_is_nearest_rank_and_proc_readers_read_this_process() -> None:
+    values = list(range(1, 101))
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
+    assert percentile([7.0], 99) == 7.0
+    assert cpu_seconds(os.getpid()) > 0 and rss_kb(os.getpid()) > 1000
+    before = CoreTimes.read(None)
+    time.sleep(0.05)
+    assert 0.0 <= CoreTimes.read(None).busy_share_since(before) <= 1.0
+
+
+@pytest.mark.anyio
+async def test_emulator_records_when_each_frame_arrived(tmp_path: Path) -> None:
+    call = TwilioCall()
+    began = time.monotonic()
+    async with running(tmp_path, emulator_options={"record_arrivals": True}) as h:
+        await replay(h.twilio_url, plan_messages(call, ulaw_call(1.0)), pace=10)
+        await h.emulator.wait_for(lambda: h.only_session().ended_at is not None, 10)
+        async with httpx.AsyncClient() as http:
+            body = (await http.get(f"{h.eka_url}/_emulator/arrivals")).json()
+    (session,) = body["sessions"]
+    assert body["recording"] is True and body["clock"] == "monotonic"
+    assert session["call_sid"] == call.call_sid and session["end_calls"] == 1
+    times = [t for t, _ in session["arrivals"]]
+    totals = [b for _, b in session["arrivals"]]
+    assert totals[-1] == session["audio_bytes"] == 32000  # 1 s of 16 kHz PCM, all of it
+    assert totals == sorted(totals) and times == sorted(times)
+    assert began < times[0] and times[-1] <= session["ended_at"] < time.monotonic()  # one clock
+
+
+@pytest.mark.anyio
+async def test_emulator_keeps_no_arrivals_unless_asked(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=10)
+        await h.emulator.wait_for(lambda: h.only_session().ended_at is not None, 10)
+        async with httpx.AsyncClient() as http:
+            body = (await http.get(f"{h.eka_url}/_emulator/arrivals")).json()
+    assert body["recording"] is False and body["sessions"][0]["arrivals"] == []
+
+
+def test_a_tiny_load_run_loses_nothing(tmp_path: Path) -> None:
+    """Three two-track calls of 4 s through real processes: every frame arrives, every session ends."""
+    figures = run("bridge", Plan(calls=3, duration_s=4.0, tracks=2, ramp_rate=100), tmp_path, Cpus())
+    assert not figures.errors and figures.failed_calls == 0
+    assert figures.frames_sent == 3 * 200 and figures.lost_frames == 0 and figures.calls_short == 0
+    assert figures.ends_missing == 0 and figures.end_latency_ms is not None
+    assert figures.media_messages > 0 and figures.cpu_pct > 0 and figures.us_per_message > 0
+    assert figures.delivery_lag_ms is not None and figures.passed
+    # The lag model (which frame completed each batch) never puts an arrival before its cause.
+    calls = json.loads((tmp_path / "loadgen" / "calls.json").read_text())["calls"]
+    sent = np.load(tmp_path / "loadgen" / "send_times.npy")
+    by_sid = {c["call_sid"]: i for i, c in enumerate(calls)}
+    for session in json.loads((tmp_path / "arrivals.json").read_text()):
+        i = by_sid[session["call_sid"]]
+        lags = delivery_lags_ms(session["arrivals"], sent[i], calls[i]["stop_at"], (0.0, float("inf")))
+        assert len(lags) == len(session["arrivals"]) > 0 and min(lags) > 0
