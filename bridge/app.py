@@ -365,6 +365,7 @@ class Bridge:
             reason = "error"
             call.log.exception("telephony_socket_error")
         finally:
+            limits.close()
             reason = call.end_request or reason
             if reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
                 # No end signal on this provider: the call may come back on a new socket.

@@ -18,12 +18,20 @@ LIMIT_REACHED = "bridge.limit_reached"
 
 
 class StreamLimits:
+    """One timer per socket, re-armed only when it fires: the per-message path pays nothing
+    (``media_seen`` stores a float). When a limit falls due the timer cancels the pending
+    ``receive``, which then returns ``{"type": LIMIT_REACHED, "reason": …}``."""
+
     def __init__(self, *, media_idle_s: float, max_call_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
         self.media_idle_s = media_idle_s
         self.ends_at = now + max_call_s
         self.last_media_at = now
+        self.reached: str | None = None
+        self._task = asyncio.current_task()
+        self._receiving = False
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(self.next_limit()[0], self._check)
 
     def media_seen(self) -> None:
         self.last_media_at = self._loop.time()
@@ -33,11 +41,33 @@ class StreamLimits:
         idle_at = self.last_media_at + self.media_idle_s
         return (idle_at, IDLE_TIMEOUT) if idle_at < self.ends_at else (self.ends_at, MAX_DURATION)
 
-    async def receive(self, websocket: Any) -> dict[str, Any]:
-        """The next ASGI message, or ``{"type": LIMIT_REACHED, "reason": …}`` when a limit falls due."""
+    def _check(self) -> None:
         at, reason = self.next_limit()
+        if self._loop.time() < at:
+            self._timer = self._loop.call_at(at, self._check)
+            return
+        self._timer = None
+        self.reached = reason
+        if self._receiving and self._task is not None:
+            self._task.cancel()
+
+    async def receive(self, websocket: Any) -> dict[str, Any]:
+        """The next ASGI message, or ``{"type": LIMIT_REACHED, "reason": …}`` once a limit is due."""
+        if self.reached:
+            return {"type": LIMIT_REACHED, "reason": self.reached}
+        self._receiving = True
         try:
-            async with asyncio.timeout_at(at):
-                return await websocket.receive()
-        except TimeoutError:
-            return {"type": LIMIT_REACHED, "reason": reason}
+            return await websocket.receive()
+        except asyncio.CancelledError:
+            if self.reached and self._task is not None and self._task.uncancel() == 0:
+                return {"type": LIMIT_REACHED, "reason": self.reached}
+            raise
+        finally:
+            self._receiving = False
+
+    def close(self) -> None:
+        """Stop the timer (the socket is done); must run before the call is finalized."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._receiving = False
