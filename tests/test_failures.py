@@ -184,3 +184,18 @@ async def test_the_outbox_bound_holds_whatever_arrives() -> None:
     while (batch := await asyncio.wait_for(box.next_batch(300), 1)) is not None:
         sent += batch
     assert len(sent) == held and sent[:2] == b"\x01\x02"  # whole samples, newest audio kept
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_an_end_answered_gone_is_settled_not_retried(tmp_path: Path, status: int) -> None:
+    async with running(tmp_path) as h:
+        h.emulator.faults.fail("end", status, count=1)
+        await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=PACE)
+        summary = await finished(h)
+        session = h.only_session()
+        ends = [r.status for r in h.emulator.requests if r.op == "end"]
+        row = await h.bridge.ledger.session(session.session_id)
+
+    assert ends == [status]  # one answer that says "gone" ends the matter
+    assert summary["sessions"][0]["end_status"] == "gone" and summary["end_status"] == "ended"
+    assert row is not None and row["state"] == "ended" and row["end_status"] == "gone"
