@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 from pathlib import Path
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -27,6 +28,8 @@ from bridge.simulator.vobiz import (
     plan_connections,
     replay_connections,
 )
+
+T = TypeVar("T")
 
 #: Namespace attribute holding the chosen sub-command's runner (namespaced to avoid clashes).
 RUNNER = "simulate_runner"
@@ -115,20 +118,27 @@ def run_twilio(args: argparse.Namespace) -> int:
         custom_parameters=dict(args.param),
     )
     plan = plan_messages(call, inbound, outbound)
-    try:
-        result = asyncio.run(replay(args.url, plan, pace=args.pace, auth_token=args.twilio_auth_token))
-    except InvalidURI as exc:
-        return _fail(prog, f"invalid WebSocket URL: {exc}", 2)
-    except InvalidStatus as exc:
-        return _fail(prog, f"handshake refused by {args.url}: HTTP {exc.response.status_code}", 1)
-    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
-        return _fail(prog, f"cannot connect to {args.url}: {exc or type(exc).__name__}", 1)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted", 130)
+    result, failed = _replay(prog, args.url, replay(args.url, plan, pace=args.pace, auth_token=args.twilio_auth_token))
+    if failed is not None:
+        return failed
     print(summary(call, result))
     if not result.completed or result.close_code not in (1000, 1001):
         return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
     return 0
+
+
+def _replay(prog: str, url: str, work: Coroutine[Any, Any, T]) -> tuple[T | None, int | None]:
+    """Run a replay; on a connection problem, one line on stderr and the exit code instead."""
+    try:
+        return asyncio.run(work), None
+    except InvalidURI as exc:
+        return None, _fail(prog, f"invalid WebSocket URL: {exc}", 2)
+    except InvalidStatus as exc:
+        return None, _fail(prog, f"handshake refused by {url}: HTTP {exc.response.status_code}", 1)
+    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
+        return None, _fail(prog, f"cannot connect to {url}: {exc or type(exc).__name__}", 1)
+    except KeyboardInterrupt:
+        return None, _fail(prog, "interrupted", 130)
 
 
 def run_vobiz(args: argparse.Namespace) -> int:
@@ -151,16 +161,9 @@ def run_vobiz(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _fail(prog, str(exc), 2)
-    try:
-        results = asyncio.run(replay_connections(args.url, connections, pace=args.pace))
-    except InvalidURI as exc:
-        return _fail(prog, f"invalid WebSocket URL: {exc}", 2)
-    except InvalidStatus as exc:
-        return _fail(prog, f"handshake refused by {args.url}: HTTP {exc.response.status_code}", 1)
-    except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
-        return _fail(prog, f"cannot connect to {args.url}: {exc or type(exc).__name__}", 1)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted", 130)
+    results, failed = _replay(prog, args.url, replay_connections(args.url, connections, pace=args.pace))
+    if failed is not None:
+        return failed
     print(summary_vobiz(connections, results))
     for result in results:
         if not result.completed or result.close_code not in (1000, 1001):
