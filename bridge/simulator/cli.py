@@ -11,8 +11,8 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
 from pathlib import Path
+from typing import Any, TypeVar
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import binascii
 import json
-import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bridge.simulator.audio import TARGET_RATE, load_ulaw
+from bridge.simulator.framing import interleaved_frames
 from bridge.telephony.twilio import (
     connected_message,
     media_message,
@@ -92,25 +92,19 @@ def plan_messages(
     chunks = {name: 0 for name, _ in audio}
     shared_chunk = 0
     longest = max((len(data) for _, data in audio), default=0)
-    for tick in range(math.ceil(longest / frame_bytes)):
-        offset = tick * frame_bytes
-        send_at = min(offset + frame_bytes, longest) / TARGET_RATE
-        for name, data in audio:
-            piece = data[offset : offset + frame_bytes]
-            if not piece:
-                continue  # this track's audio has ended; the other one goes on
-            seq += 1
-            shared_chunk += 1
-            chunks[name] += 1
-            message = media_message(
-                seq,
-                stream_sid=sid,
-                track=name,
-                chunk=shared_chunk if shared_chunk_counter else chunks[name],
-                timestamp_ms=tick * frame_ms,
-                payload=piece,
-            )
-            plan.append((send_at, message))
+    for tick, ready_at, name, piece in interleaved_frames(audio, frame_bytes):
+        seq += 1
+        shared_chunk += 1
+        chunks[name] += 1
+        message = media_message(
+            seq,
+            stream_sid=sid,
+            track=name,
+            chunk=shared_chunk if shared_chunk_counter else chunks[name],
+            timestamp_ms=tick * frame_ms,
+            payload=piece,
+        )
+        plan.append((ready_at / TARGET_RATE, message))
     if send_stop:
         seq += 1
         stop = stop_message(seq, stream_sid=sid, account_sid=call.account_sid, call_sid=call.call_sid)

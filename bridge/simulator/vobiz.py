@@ -25,6 +25,7 @@ import numpy as np
 
 from bridge.audio.codec import pcm16_to_ulaw
 from bridge.simulator.audio import load_pcm16, load_ulaw
+from bridge.simulator.framing import interleaved_frames
 from bridge.simulator.twilio import ReplayResult, replay
 from bridge.telephony.events import MediaFormat
 from bridge.telephony.vobiz import media_message, parse_content_type, start_message
@@ -155,26 +156,19 @@ def plan_messages(
         )
     ]
     chunk = 0
-    longest = max((len(data) for _, data in audio), default=0)
-    for tick in range(math.ceil(longest / size)):
-        offset = tick * size
-        send_at = min(offset + size, longest) / bytes_per_s
-        for name, data in audio:
-            piece = data[offset : offset + size]
-            if not piece:
-                continue  # this track's audio has ended; the other one goes on
-            seq += 1
-            chunk += 1
-            message = media_message(
-                seq,
-                stream_id=call.stream_id,
-                track=name,
-                chunk=chunk,
-                timestamp_ms=epoch + tick * frame_ms,
-                payload=piece,
-                extra_headers=call.extra_headers,
-            )
-            plan.append((send_at, message))
+    for tick, ready_at, name, piece in interleaved_frames(audio, size):
+        seq += 1
+        chunk += 1
+        message = media_message(
+            seq,
+            stream_id=call.stream_id,
+            track=name,
+            chunk=chunk,
+            timestamp_ms=epoch + tick * frame_ms,
+            payload=piece,
+            extra_headers=call.extra_headers,
+        )
+        plan.append((ready_at / bytes_per_s, message))
     return plan
 
 
