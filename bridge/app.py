@@ -22,6 +22,7 @@ from bridge.call import Call
 from bridge.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
 from bridge.eka_webhook import PATH as EKA_WEBHOOK_PATH
 from bridge.eka_webhook import EkaWebhook
+from bridge.inline_ws import EXTENSION as INLINE_TEXT
 from bridge.front_door import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
 from bridge.limits import LIMIT_REACHED, StreamLimits
 from bridge.config import Settings
@@ -36,7 +37,7 @@ from bridge.registry import CallRegistry
 from bridge.results import LONG_POLL_TIMEOUT_S, ResultPoller
 from bridge.sweeper import Sweeper
 from bridge.telephony import twilio, vobiz
-from bridge.telephony.events import ProtocolError, StreamEvent, StreamStart
+from bridge.telephony.events import Media, ProtocolError, StreamEvent, StreamStart
 from bridge.vobiz_door import ANSWER_PATH, HANGUP_PATH, VobizFrontDoor
 from bridge.vobiz_door import STATUS_PATH as VOBIZ_STATUS_PATH
 from bridge.vobiz_door import STREAM_PATH as VOBIZ_STREAM_PATH
@@ -335,6 +336,26 @@ class Bridge:
             self._admitting -= 1
         reason = "socket_closed"
         limits = StreamLimits(media_idle_s=self.settings.media_idle_s, max_call_s=self.settings.max_call_s)
+
+        def media_now(text: str) -> bool:
+            """A started call's media, applied as the server parses it (see bridge/inline_ws.py);
+            anything else, or anything while this handler is busy, takes the ASGI path below."""
+            if not limits.receiving or call.start is None:
+                return False
+            try:
+                event = provider.parse(text)
+            except ProtocolError as error:
+                call.protocol_error(error)
+                return True
+            if not isinstance(event, Media):
+                return False
+            self._apply(call, event)
+            limits.media_seen()
+            return True
+
+        inline = websocket.scope.get("extensions", {}).get(INLINE_TEXT)
+        if inline is not None:
+            inline["register"](media_now)
         try:
             while True:
                 message = await limits.receive(websocket)
@@ -365,6 +386,8 @@ class Bridge:
             reason = "error"
             call.log.exception("telephony_socket_error")
         finally:
+            if inline is not None:
+                inline["register"](None)
             limits.close()
             reason = call.end_request or reason
             if reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
@@ -402,6 +425,10 @@ class Bridge:
                 waiting.bad_messages.update(call.bad_messages)
                 waiting.resume(event)
                 return waiting
+        self._apply(call, event)
+        return call
+
+    def _apply(self, call: Call, event: StreamEvent) -> None:
         try:
             call.handle(event)
             if isinstance(event, StreamStart) and call.start is event:
@@ -410,7 +437,6 @@ class Bridge:
             call.protocol_error(ProtocolError("internal_error", type(exc).__name__))
             if call.bad_messages["internal_error"] == 1:
                 call.log.exception("stream_message_failed")
-        return call
 
     def _grace_expired(self, call: Call) -> None:
         self._spawn(self._finish(call, "socket_closed"))

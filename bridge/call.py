@@ -179,6 +179,8 @@ class Call:
                 start.media_format.sample_rate,
                 decode,
                 max_wait_ms=self.settings.max_track_wait_ms,
+                # Resample and mix once per upstream batch, not once per 20 ms frame.
+                render_samples=fmt.sample_rate * self.settings.batch_ms // 1000,
             )
         except (ProtocolError, ValueError) as exc:
             self.protocol_error(ProtocolError("unsupported_format", str(exc)))

@@ -80,12 +80,14 @@ def serve_command(args: argparse.Namespace) -> int:
     print(f"bridge: Twilio voice webhook (POST) {public}/twilio/voice", file=sys.stderr)
 
     from bridge.app import Bridge
+    from bridge.inline_ws import InlineTextProtocol
 
     bridge = Bridge(settings)
     config = uvicorn.Config(
         bridge.app,
         host=args.host,
         port=args.port,
+        ws=InlineTextProtocol,  # media messages skip the ASGI queue (bridge/inline_ws.py)
         ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009
         log_level="warning",
         proxy_headers=True,

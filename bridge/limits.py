@@ -30,7 +30,8 @@ class StreamLimits:
         self.last_media_at = now
         self.reached: str | None = None
         self._task = asyncio.current_task()
-        self._receiving = False
+        #: True while the handler waits in ``receive``: it is not in the middle of a message.
+        self.receiving = False
         self._timer: asyncio.TimerHandle | None = self._loop.call_at(self.next_limit()[0], self._check)
 
     def media_seen(self) -> None:
@@ -48,14 +49,14 @@ class StreamLimits:
             return
         self._timer = None
         self.reached = reason
-        if self._receiving and self._task is not None:
+        if self.receiving and self._task is not None:
             self._task.cancel()
 
     async def receive(self, websocket: Any) -> dict[str, Any]:
         """The next ASGI message, or ``{"type": LIMIT_REACHED, "reason": …}`` once a limit is due."""
         if self.reached:
             return {"type": LIMIT_REACHED, "reason": self.reached}
-        self._receiving = True
+        self.receiving = True
         try:
             return await websocket.receive()
         except asyncio.CancelledError:
@@ -63,11 +64,11 @@ class StreamLimits:
                 return {"type": LIMIT_REACHED, "reason": self.reached}
             raise
         finally:
-            self._receiving = False
+            self.receiving = False
 
     def close(self) -> None:
         """Stop the timer (the socket is done); must run before the call is finalized."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._receiving = False
+        self.receiving = False

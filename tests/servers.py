@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 
+from bridge.inline_ws import InlineTextProtocol
+
 
 @asynccontextmanager
 async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
@@ -26,6 +28,7 @@ async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
         app,
         log_level="warning",
         lifespan="on",
+        ws=InlineTextProtocol,  # as `bridge serve` runs
         ws_max_size=ws_max_size,
         timeout_graceful_shutdown=5,
     )

@@ -40,8 +40,10 @@ def interleave(*tracks: list[Frame]) -> list[Frame]:
     return sorted((f for t in tracks for f in t), key=lambda f: (f[1], f[0] != "outbound"))
 
 
-def mix(frames: list[Frame], tracks: list[str], *, wait_ms: int = 200) -> tuple[np.ndarray, Mixer]:
-    mixer = Mixer(tracks, 8000, ulaw_to_pcm16, max_wait_ms=wait_ms)
+def mix(
+    frames: list[Frame], tracks: list[str], *, wait_ms: int = 200, render_samples: int = 0
+) -> tuple[np.ndarray, Mixer]:
+    mixer = Mixer(tracks, 8000, ulaw_to_pcm16, max_wait_ms=wait_ms, render_samples=render_samples)
     out = [mixer.push(track, ts, payload) for track, ts, payload in frames]
     out.append(mixer.flush())
     return np.concatenate(out), mixer
@@ -131,6 +133,31 @@ def test_out_of_order_and_duplicate_frames_change_nothing() -> None:
     assert sum(s.late_frames + s.duplicate_frames for s in stats) == 4
     assert sum(s.reordered_frames for s in stats) > 0
     assert mixer.gap_filled_ms() == {"inbound": 0, "outbound": 0}
+
+
+def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> None:
+    """The call resamples and mixes once per upstream batch: same output, released in blocks
+    that are due as soon as per-frame rendering would have filled them (no added wait)."""
+    rng = np.random.default_rng(5)
+    inbound = rng.normal(0, 3000, 24000).astype(np.int16)
+    outbound = rng.normal(0, 3000, 20000).astype(np.int16)
+    clean = interleave(framed("inbound", inbound), framed("outbound", outbound, start_ms=300))
+    messy = list(clean)
+    for i in range(10, len(messy) - 6, 13):
+        messy[i], messy[i + 2] = messy[i + 2], messy[i]
+    del messy[70:74]  # a hole
+    for frames, tracks in ((framed("inbound", inbound), ["inbound"]), (clean, ["inbound", "outbound"]), (messy, ["inbound", "outbound"])):
+        per_frame, _ = mix(frames, tracks)
+        blocks, _ = mix(frames, tracks, render_samples=800)
+        assert np.array_equal(blocks, per_frame)
+
+    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16, render_samples=800)
+    sizes = [len(mixer.push(*frame)) for frame in framed("inbound", inbound)]
+    released = [(i, n) for i, n in enumerate(sizes) if n]
+    # 100 ms blocks of 20 ms frames: the first once 100 ms + the FIR's 6 ms delay are in.
+    assert released[0] == (5, 2 * (6 * 160 - 48))
+    assert all(n == 1600 for _, n in released[1:])
+    assert [i for i, _ in released[1:4]] == [10, 15, 20]
 
 
 def test_timestamps_jumping_and_going_far_back_are_counted_not_fatal() -> None:

@@ -1,0 +1,69 @@
+"""uvicorn's WebSocket protocol with one addition: text messages handed to the app as they are
+parsed, when the app asks for it, instead of through the ASGI receive queue.
+
+Why: a call sends 50 media messages a second per track, and through ASGI each one costs a
+queue put and get, a task wake-up, a pause and resume of the transport's reading, and
+Starlette's receive checks, before the bridge does anything with it. Handled as it is parsed,
+a media message costs its parse and the bridge's own work (see the README's performance
+section for what this bought).
+
+Everything else stays ASGI: the handshake, accept or denial, close, disconnect, and any
+message the handler declines. An app sees the extension in ``scope["extensions"]`` and
+registers a handler after accepting; under another server the extension is simply absent
+and the app reads ``receive`` as usual.
+
+The handler is called only while the ASGI queue is empty, so a message never overtakes
+one the app has not read yet; it returns True if it consumed the message, False to have it
+queued as usual. It must not block; an exception it raises is logged and the message queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+#: The key in an ASGI WebSocket scope's ``extensions``; its value holds ``register(handler)``.
+EXTENSION = "eka_bridge.inline_text"
+
+InlineHandler = Callable[[str], bool]
+
+_log = logging.getLogger("bridge.inline_ws")
+
+
+class InlineTextProtocol(WebSocketsSansIOProtocol):
+    """Pass to ``uvicorn.Config(ws=InlineTextProtocol)``."""
+
+    _inline: InlineHandler | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # set only for a valid upgrade request
+        if scope is not None:
+            scope["extensions"][EXTENSION] = {"register": self._register}
+
+    def _register(self, handler: InlineHandler | None) -> None:
+        self._inline = handler
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self._inline
+        if (
+            handler is not None
+            and self.curr_msg_data_type == "text"
+            and not self.close_sent
+            and self.queue.empty()
+        ):
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                consumed = handler(data.decode())
+            except UnicodeDecodeError:
+                consumed = False  # the standard path closes with 1007
+            except Exception:
+                _log.exception("inline WebSocket handler failed; message queued instead")
+                consumed = False
+            if consumed:
+                self.frames = []
+                return
+        super().send_receive_event_to_app()
