@@ -295,7 +295,7 @@ def delivery_lags_ms(
 
 
 def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
-    """Run ``plan`` against ``target`` ("bridge" or "sink") with fresh processes; return the figures."""
+    """Run ``plan`` against ``target`` ("bridge", "sink" or "sink-asgi") with fresh processes."""
     server_cpus, load_cpus = cpus.server, cpus.load
     figures = Figures(target, plan)
     work.mkdir(parents=True, exist_ok=True)
@@ -335,8 +335,9 @@ def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
             )  # fmt: skip
         else:
             server = Service(
-                "sink", [py, "-m", "bench.sink", "--host", HOST, "--port", str(port)],
-                cpus=server_cpus, env=env, log=work / "sink.log", ready="sink: listening on",
+                target, [py, "-m", "bench.sink", "--host", HOST, "--port", str(port),
+                         *(["--asgi"] if target == "sink-asgi" else [])],
+                cpus=server_cpus, env=env, log=work / f"{target}.log", ready="sink: listening on",
             )  # fmt: skip
         services.append(server)
         server.wait_ready(30)
@@ -507,9 +508,10 @@ def report(runs: list[Figures], cpus: Cpus, out: Callable[[str], None] = print) 
     for name, cell in rows:
         out(f"{name:{width}}  " + "  ".join(f"{cell(f):>24}" for f in runs))
     by = {f.target: f for f in runs}
-    if "bridge" in by and "sink" in by:
-        ratio = by["bridge"].us_per_message / by["sink"].us_per_message
-        out(f"bridge/sink CPU per message: {ratio:.2f}×")
+    for sink, what in (("sink", "the same stack"), ("sink-asgi", "the stock ASGI receive path")):
+        if "bridge" in by and sink in by:
+            ratio = by["bridge"].us_per_message / by[sink].us_per_message
+            out(f"bridge/{sink} CPU per message: {ratio:.2f}× (bare sink on {what})")
     for f in runs:
         out(f"{f.target}: {verdict(f)}")
         for error in f.errors:
@@ -583,7 +585,7 @@ def main() -> int:
     parser.add_argument(
         "--ramp-rate", type=float, default=100.0, help="calls started per second (default: %(default)s)"
     )
-    parser.add_argument("--no-sink", action="store_true", help="skip the bare-sink floor run")
+    parser.add_argument("--no-sink", action="store_true", help="skip the bare-sink floor runs")
     parser.add_argument(
         "--find-max", action="store_true", help="ramp calls until p99 loop lag > 50 ms or a frame is lost"
     )
@@ -611,10 +613,11 @@ def main() -> int:
             find_max(plan, work, cpus, args.step_duration, args.max_calls)
         else:
             print(f"bench.load: {plan.calls} calls × {plan.duration_s:g} s against the bridge"
-                  + ("" if args.no_sink else ", then the bare sink") + f"; {cpus.describe()}", flush=True)  # fmt: skip
+                  + ("" if args.no_sink else ", then the bare sinks") + f"; {cpus.describe()}", flush=True)  # fmt: skip
             runs = [run("bridge", plan, work / "bridge", cpus)]
             if not args.no_sink:
                 runs.append(run("sink", plan, work / "sink", cpus))
+                runs.append(run("sink-asgi", plan, work / "sink-asgi", cpus))
             report(runs, cpus)
     except KeyboardInterrupt:
         print("interrupted; child processes stopped", file=sys.stderr)

@@ -88,6 +88,7 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         ws=InlineTextProtocol,  # media messages skip the ASGI queue (bridge/inline_ws.py)
+        ws_per_message_deflate=False,  # μ-law in base64 barely deflates; zlib state is ~90 KB a socket
         ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009
         log_level="warning",
         proxy_headers=True,

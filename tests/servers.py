@@ -29,6 +29,7 @@ async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
         log_level="warning",
         lifespan="on",
         ws=InlineTextProtocol,  # as `bridge serve` runs
+        ws_per_message_deflate=False,  # μ-law in base64 barely deflates; zlib state is ~90 KB a socket
         ws_max_size=ws_max_size,
         timeout_graceful_shutdown=5,
     )

@@ -41,6 +41,8 @@ LIMITER_KNEE = 0.85 * 32767
 
 _NOTHING = np.zeros(0, dtype=np.int16)
 _NOTHING.flags.writeable = False
+_NO_OUTPUT = np.zeros(0, dtype=np.float64)
+_NO_OUTPUT.flags.writeable = False
 
 
 class _Passthrough:
@@ -82,7 +84,7 @@ class Track:
         self.position = start_position  # next input sample index to be played on the call timeline
         self.max_wait = max_wait  # input samples of audio a hole may hold up
         self.tolerance = input_rate * JITTER_TOLERANCE_MS // 1000
-        self.pending = np.zeros(0, dtype=np.float64)  # 16 kHz output not yet mixed
+        self.pending = _NO_OUTPUT  # 16 kHz output not yet mixed
         self._unrendered: list[np.ndarray] = []  # placed input samples not yet resampled
         self.stats = TrackStats()
         self.flushed = False
@@ -181,6 +183,11 @@ class Track:
     def _feed(self, samples: np.ndarray) -> None:
         self.position += len(samples)
         self._unrendered.append(samples)
+
+    def take(self, n: int) -> None:
+        """Drop the first ``n`` pending samples (mixed). The rest is copied, not viewed, so a
+        long call does not keep each block's whole buffer alive for a few leftover samples."""
+        self.pending = self.pending[n:].copy() if n < len(self.pending) else _NO_OUTPUT
 
     def _append(self, out: np.ndarray) -> None:
         if len(out):
@@ -281,12 +288,13 @@ class Mixer:
             return _NOTHING
         if len(tracks) == 1:
             (only,) = tracks
-            out, only.pending = only.pending[:ready], only.pending[ready:]
-            return to_int16(out)
+            out = to_int16(only.pending[:ready])
+            only.take(ready)
+            return out
         total = np.zeros(ready, dtype=np.float64)
         for t in tracks:
             total += t.pending[:ready]
-            t.pending = t.pending[ready:]
+            t.take(ready)
         return self._limit(total)
 
     def _limit(self, total: np.ndarray) -> np.ndarray:

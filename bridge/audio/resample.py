@@ -72,7 +72,7 @@ class Upsampler2x:
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         ext = np.concatenate((self._history, frame))
-        self._history = ext[n:]
+        self._history = ext[n:].copy()  # a view would keep the whole block alive between calls
         out = np.empty(2 * n, dtype=np.float64)
         out[0::2] = np.convolve(ext, self._even, mode="valid")
         out[1::2] = np.convolve(ext[1:], self._odd, mode="valid")
@@ -93,4 +93,6 @@ class Upsampler2x:
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
     """Round and saturate float samples to int16."""
-    return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+    rounded = np.rint(samples)
+    np.clip(rounded, -32768, 32767, out=rounded)
+    return rounded.astype(np.int16)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 from typing import Any
+
+import orjson
 
 from bridge.telephony.events import ProtocolError
 
@@ -19,7 +20,7 @@ _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-
 def load(text: str | bytes) -> tuple[dict[str, Any], str]:
     """The message object and its event name, or ProtocolError."""
     try:
-        msg = json.loads(text)
+        msg = orjson.loads(text)  # ~4× the stdlib's speed, on 50 messages a second per track
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", type(exc).__name__) from None
     if not isinstance(msg, dict):
