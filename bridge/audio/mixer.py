@@ -41,7 +41,7 @@ LIMITER_KNEE = 0.85 * 32767
 
 _NOTHING = np.zeros(0, dtype=np.int16)
 _NOTHING.flags.writeable = False
-_NO_OUTPUT = np.zeros(0, dtype=np.float64)
+_NO_OUTPUT = np.zeros(0, dtype=np.float32)
 _NO_OUTPUT.flags.writeable = False
 
 
@@ -51,10 +51,10 @@ class _Passthrough:
     delay_samples = 0
 
     def process(self, frame: np.ndarray) -> np.ndarray:
-        return frame.astype(np.float64)
+        return frame.astype(np.float32)
 
     def flush(self) -> np.ndarray:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros(0, dtype=np.float32)
 
 
 @dataclass
