@@ -133,3 +133,12 @@ def test_a_tiny_load_run_loses_nothing(tmp_path: Path) -> None:
         i = by_sid[session["call_sid"]]
         lags = delivery_lags_ms(session["arrivals"], sent[i], calls[i]["stop_at"], (0.0, float("inf")))
         assert len(lags) == len(session["arrivals"]) > 0 and min(lags) > 0
+
+
+@pytest.mark.parametrize("sink", ["sink", "sink-asgi"])
+def test_both_floors_read_every_call_to_its_stop(tmp_path: Path, sink: str) -> None:
+    """The bare sinks (inline, and through ASGI receive) take the same calls and close each
+    after its stop, as the bridge does: otherwise the floor would measure something else."""
+    figures = run(sink, Plan(calls=3, duration_s=4.0, tracks=1, ramp_rate=100), tmp_path, Cpus())
+    assert not figures.errors and figures.failed_calls == 0
+    assert figures.frames_sent == 3 * 200 and figures.media_messages > 0 and figures.us_per_message > 0

@@ -159,6 +159,14 @@ def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> No
     assert all(n == 1600 for _, n in released[1:])
     assert [i for i, _ in released[1:4]] == [10, 15, 20]
 
+    # Two parties: a block is due once both have covered it, never a frame short of it.
+    mixer = Mixer(["inbound", "outbound"], 8000, ulaw_to_pcm16, render_samples=800)
+    both = interleave(framed("inbound", inbound[:16000]), framed("outbound", outbound[:16000]))
+    sizes = [len(mixer.push(*frame)) for frame in both]
+    released = [(i, n) for i, n in enumerate(sizes) if n]
+    assert released[0] == (11, 2 * (6 * 160 - 48))  # the inbound frame that completes 120 ms
+    assert all(n == 1600 for _, n in released[1:])
+
 
 def test_timestamps_jumping_and_going_far_back_are_counted_not_fatal() -> None:
     x = with_click(silence(2.0), 1500)

@@ -207,8 +207,8 @@ class Mixer:
     pass through bit-exact; with two, they are summed and bent by a soft limiter.
 
     With ``render_samples`` > 0, output is released in blocks: ``push`` returns nothing
-    until the pushing track has advanced a block (plus the resampler's delay, the first
-    time) since the last release, so every release holds about a block of output.
+    until every track has advanced a block (plus the resampler's delay, the first time)
+    since the last release, so every release holds about a block of output.
     """
 
     def __init__(
@@ -253,9 +253,11 @@ class Mixer:
             if other is not current and other.position < horizon:
                 other.fill_to(horizon)
         if self.render_samples:
-            if current.position < self._next_release:
+            # Only what every track covers can be mixed, so the laggard says when a block is due.
+            reach = current.position if len(self.tracks) == 1 else min(t.position for t in self.tracks.values())
+            if reach < self._next_release:
                 return _NOTHING
-            behind = (current.position - self._next_release) // self.render_samples + 1
+            behind = (reach - self._next_release) // self.render_samples + 1
             self._next_release += behind * self.render_samples
         return self.pull()
 
