@@ -24,7 +24,7 @@ test: install
 bench: install
 	$(BIN)/python -m bench.fidelity
 
-# Live-call load on loopback: bridge pinned to CPU 0, emulator + generator on the rest (about a minute).
+# Live-call load on loopback: bridge pinned to CPU 0, emulator + generator on the rest; then the two bare sinks (about 90 s).
 # More: make bench-load LOAD_ARGS="--calls 100 --duration 30", or LOAD_ARGS=--find-max.
 bench-load: install
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
