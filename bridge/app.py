@@ -44,6 +44,8 @@ from bridge.vobiz_door import STREAM_PATH as VOBIZ_STREAM_PATH
 
 #: How long shutdown waits for calls that are still finalizing (End Session in flight).
 SHUTDOWN_GRACE_S = 30.0
+#: Beyond a call's finish budget (flush wait + settle + End), for the rest of its wind-down.
+FINALIZE_MARGIN_S = 30.0
 #: Close code sent to a telephony socket that the bridge ends because it is shutting down.
 GOING_AWAY = 1001
 
@@ -194,7 +196,9 @@ class Bridge:
             self.sweeper = Sweeper(
                 self.ledger,
                 self.eka,
-                grace_s=s.sweep_grace_s,
+                # An orphan's socket died with its process; the server flushed it on disconnect,
+                # without a signal: never End it before the settle time has passed.
+                grace_s=max(s.sweep_grace_s, s.flush_settle_s),
                 interval_s=s.sweep_interval_s,
                 log=background,
             )
@@ -273,7 +277,7 @@ class Bridge:
                 except RuntimeError:  # already closing
                     pass
         try:
-            await self.calls.wait_idle(self.settings.end_budget_s + 30)
+            await self.calls.wait_idle(self.settings.finalize_budget_s + FINALIZE_MARGIN_S)
         except TimeoutError:
             self.log.error("finalize_timed_out", active_calls=len(self.calls.active))
 

@@ -55,6 +55,8 @@ BYTES_PER_SECOND = OUTPUT_RATE * 2
 MAX_PARAM_CHARS = 256
 #: Per reason, log the first few protocol errors of a call; count them all.
 LOGGED_ERRORS_PER_REASON = 3
+#: After a failed Create for a rollover, try again this much later (while the old session lasts).
+ROLLOVER_RETRY_S = 10.0
 
 
 def is_l16(fmt: MediaFormat) -> bool:
@@ -73,14 +75,33 @@ def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
 
 @dataclass
 class SessionPart:
-    """One Eka session of a call; a call has more than one only after a lost stream socket."""
+    """One Eka session of a call. A call has more than one when its session would expire before
+    the call ends (a rollover), or after its stream socket was lost for good (a continuation)."""
 
     session_id: str
     upload_url: str
     number: int
+    opened_because: str  # "call_start", "rollover" or "upstream_lost"
+    expires_at: float  # Unix seconds (Create Session's expires_at)
+    rollover_at: float  # loop time: open the next part then, well before expires_at
+    must_stop_at: float  # loop time: past this, stop streaming into it even with no next part
     connections: int = 0
+    streamed_bytes: int = 0  # sent into its socket, replays included
+    finish: str | None = None  # "flushed", "flush_timeout", "lost" or "not_connected"
+    flush_wait_s: float | None = None
     end_status: str | None = None
     end_task: asyncio.Task[None] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "part": self.number,
+            "opened_because": self.opened_because,
+            "streamed_s": round(self.streamed_bytes / BYTES_PER_SECOND, 3),
+            "finish": self.finish,
+            "flush_wait_ms": None if self.flush_wait_s is None else round(self.flush_wait_s * 1000, 1),
+            "end_status": self.end_status,
+        }
 
 
 class Call:
@@ -132,6 +153,8 @@ class Call:
         self.relayed_bytes = 0
         self.upstream_lost_bytes = 0
         self.upstream_drops = 0
+        self.losses = 0  # stream sockets lost for good (each one continued in a new session)
+        self.rollovers = 0  # sessions left for a new one before they expired
         self.reconnects = 0  # telephony reconnects (Vobiz) carried on in the same session
         self.stream_ids: list[str] = []
         self._dropping = False
@@ -264,59 +287,68 @@ class Call:
     # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
 
     async def _relay(self) -> None:
-        """Create the session and stream into it; if its socket is lost for good, continue in a
-        new session for the same call. Every session opened is ended, once."""
+        """Create the session and stream into it, moving to a new session of the call before
+        one expires (rollover) or after its socket is lost for good (continuation). Every
+        session opened is finished (``stop``, the server's flush) and then ended, once."""
         try:
             if self.ledger is not None and self.start is not None:
                 await self.ledger.call_started(self.start.call_id, self.provider)
-            part = await self._open_part(continues=None)
+            part = await self._open_first_part()
             while part is not None:
-                outcome = await self._stream_into(part)
-                if outcome == "finished":
-                    break
-                self._end_later(part)
-                if len(self.parts) >= self.settings.max_session_parts:
-                    self._fail("upstream", f"gave up after {len(self.parts)} session(s)")
-                    self.upstream_lost_bytes += len(self.outbox)
-                    self.outbox.discard()
-                    break
-                part = await self._open_part(continues=part)
+                part = await self._stream_into(part)
         finally:
             for p in self.parts:
-                self._end_later(p)
+                self._retire(p, None)
             await asyncio.gather(*(p.end_task for p in self.parts if p.end_task))
 
-    async def _open_part(self, continues: SessionPart | None) -> SessionPart | None:
-        """Create Session (part 1, or a continuation after a lost stream); record it durably."""
+    async def _open_first_part(self) -> SessionPart | None:
+        try:
+            return await self._create_part(None, "call_start")
+        except EkaError as exc:
+            self.end_status = "not_created"
+            self._give_up("create_session", exc.reason)
+            return None
+
+    async def _create_part(self, continues: SessionPart | None, because: str) -> SessionPart:
+        """Create Session (part 1, a rollover or a continuation); record it durably."""
         number = len(self.parts) + 1
         body = self._session_body()
         if continues is not None:
-            body["additional_data"].update(part=number, continues_session=continues.session_id)
-        try:
-            created = await self.eka.create_session(body, log=self.log)
-        except EkaError as exc:
-            if continues is None:
-                self.end_status = "not_created"
-            self._fail("create_session", exc.reason)
-            self.upstream_lost_bytes += len(self.outbox)
-            self.outbox.discard()
-            return None
-        part = SessionPart(created.session_id, created.upload_url, number)
+            body["additional_data"].update(part=number, continues_session=continues.session_id, reason=because)
+        created = await self.eka.create_session(body, log=self.log)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expires = now + (created.expires_at - time.time())
+        # Roll over ``rollover_margin_s`` before expiry, but never in the first half of the life a
+        # session has left: a margin larger than the TTL must not make a new session every batch.
+        rollover_at = max(expires - self.settings.rollover_margin_s, now + (expires - now) / 2)
+        must_stop_at = max(expires - self.settings.finalize_budget_s, rollover_at)
+        part = SessionPart(
+            created.session_id, created.upload_url, number, because, created.expires_at, rollover_at, must_stop_at
+        )
         self.parts.append(part)
         self.log = self.log.bind(session_id=part.session_id)
         if self.ledger is not None and self.start is not None:
             await self.ledger.session_opened(part.session_id, self.start.call_id, self.provider, number)
-        self.log.info("eka_session_created", part=number)
+        self.log.info(
+            "eka_session_created",
+            part=number,
+            opened_because=because,
+            expires_in_s=round(expires - now, 1),
+            rollover_in_s=round(rollover_at - now, 1),
+        )
         return part
 
-    async def _stream_into(self, part: SessionPart) -> str:
-        """Send the outbox into ``part``'s socket until the call ends ("finished"), or the socket
-        is lost and a reconnect to the same URL is refused ("lost").
+    async def _stream_into(self, part: SessionPart) -> SessionPart | None:
+        """Send the outbox into ``part``'s socket. Returns the part to carry on in (a rollover
+        or a continuation), or None once the call's audio is all sent and ``part`` is retiring.
 
         After a drop, the last ``replay_s`` of audio is sent again first: a seam may repeat a
-        little audio, never skip any.
+        little audio, never skip any. A rollover repeats nothing: the old socket was finished
+        cleanly after the last batch it was sent.
         """
         settings = self.settings
+        loop = asyncio.get_running_loop()
         reconnecting = False
         while True:
             try:
@@ -325,19 +357,32 @@ class Call:
                     wire_format=settings.stream_format,
                     timeout_s=settings.upstream_close_timeout_s,
                 )
-                if reconnecting or part.connections == 0 and self.replay:
+                if reconnecting or (part.connections == 0 and part.opened_because == "upstream_lost"):
                     for chunk in list(self.replay):
                         await upstream.send(chunk)
+                        part.streamed_bytes += len(chunk)
                     self.replayed_bytes += self.replay.size
             except UPSTREAM_ERRORS as exc:
                 self.log.warning("upstream_connect_failed", reason=_close_reason(exc), reconnect=reconnecting)
-                return "lost"
+                return await self._continue_after_loss(part)
             part.connections += 1
             self.log.info("upstream_connected", wire_format=settings.stream_format, connection=part.connections)
             try:
-                while (batch := await self.outbox.next_batch(self._batch_bytes)) is not None:
+                while True:
+                    if loop.time() >= part.rollover_at and not self.outbox.closed:
+                        following = await self._roll_over(part, upstream)
+                        if following is not None or part.end_task is not None:
+                            return following  # the next part, or none: out of time, given up
+                    try:
+                        async with asyncio.timeout_at(part.rollover_at if not self.outbox.closed else None):
+                            batch = await self.outbox.next_batch(self._batch_bytes)
+                    except TimeoutError:
+                        continue  # time to roll over
+                    if batch is None:
+                        break
                     self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
+                    part.streamed_bytes += len(batch)
                     self.relayed_bytes += len(batch)
                     self._report(len(batch), self.outbox.batch_arrived_at)
             except UPSTREAM_ERRORS as exc:
@@ -346,19 +391,89 @@ class Call:
                 self.upstream_drops += 1
                 self.log.warning("upstream_dropped", reason=reason)
                 if reconnecting or reason == "close_4000":
-                    return "lost"  # refused: this stream id is gone on the server
+                    return await self._continue_after_loss(part)  # refused: this stream id is gone
                 reconnecting = True
                 continue
-            close_code = await upstream.close(settings.upstream_close_timeout_s)
-            self.log.info("upstream_closed", close_code=close_code)
-            return "finished"
+            self._retire(part, upstream)
+            return None
 
-    def _end_later(self, part: SessionPart) -> None:
+    async def _roll_over(self, part: SessionPart, upstream: UpstreamStream) -> SessionPart | None:
+        """``part`` expires soon: open the next session and retire this one while it is valid.
+        If the next cannot be created, keep streaming here and try again, until ``must_stop_at``."""
+        loop = asyncio.get_running_loop()
+        try:
+            following = await self._create_part(part, "rollover")
+        except EkaError as exc:
+            if loop.time() < part.must_stop_at:
+                part.rollover_at = min(loop.time() + ROLLOVER_RETRY_S, part.must_stop_at)
+                self.log.warning("rollover_failed", reason=exc.reason, retry_in_s=ROLLOVER_RETRY_S)
+                return None
+            self._retire(part, upstream)  # out of time: this session must be ended now
+            self._give_up("rollover", exc.reason)
+            return None
+        self.rollovers += 1
+        if self.metrics is not None:
+            self.metrics.rollover()
+        self.log.info("session_rollover", part=following.number, previous=part.session_id)
+        self._retire(part, upstream)
+        return following
+
+    async def _continue_after_loss(self, part: SessionPart) -> SessionPart | None:
+        """``part``'s socket is gone for good: end it (after the settle time) and carry on in a
+        new session, up to ``max_session_parts`` losses."""
+        part.finish = "lost" if part.connections else "not_connected"
+        self._retire(part, None)
+        self.losses += 1
+        if self.losses >= self.settings.max_session_parts:
+            self._give_up("upstream", f"gave up after {self.losses} lost stream(s)")
+            return None
+        try:
+            return await self._create_part(part, "upstream_lost")
+        except EkaError as exc:
+            self._give_up("create_session", exc.reason)
+            return None
+
+    def _give_up(self, stage: str, reason: str) -> None:
+        """No session will take the rest of the call's audio: count it, and drop what follows."""
+        self._fail(stage, reason)
+        self.upstream_lost_bytes += len(self.outbox)
+        self.outbox.discard()
+
+    def _retire(self, part: SessionPart, upstream: UpstreamStream | None) -> None:
+        """Finish ``part``'s stream and End it, in the background, once."""
         if part.end_task is None:
-            part.end_task = asyncio.create_task(self._end_session(part), name=f"end-{part.session_id}")
+            part.end_task = asyncio.create_task(self._finish_part(part, upstream), name=f"end-{part.session_id}")
+
+    async def _finish_part(self, part: SessionPart, upstream: UpstreamStream | None) -> None:
+        """``stop``, wait for the server's close (its flush is done), then End. Without that
+        signal (a lost socket, or a flush slower than ``flush_wait_s``) wait ``flush_settle_s``
+        first: the server flushes on disconnect, and an End before that would lose the tail."""
+        s = self.settings
+        log = self.log.bind(session_id=part.session_id)
+        if upstream is not None:
+            done = await upstream.finish(flush_wait_s=s.flush_wait_s, close_timeout_s=s.upstream_close_timeout_s)
+            part.flush_wait_s = done.wait_s
+            if self.metrics is not None:
+                self.metrics.flush_wait(done.wait_s, timed_out=not done.closed_by_server)
+            if done.closed_by_server:
+                part.finish = "flushed"
+                log.info("upstream_flushed", flush_wait_ms=round(done.wait_s * 1000, 1), close_code=done.close_code)
+            else:
+                part.finish = "flush_timeout"
+                log.warning(
+                    "upstream_flush_timeout",
+                    flush_wait_s=s.flush_wait_s,
+                    settle_s=s.flush_settle_s,
+                    close_code=done.close_code,
+                )
+        elif part.finish is None:
+            part.finish = "lost" if part.connections else "not_connected"
+        if part.finish != "flushed" and part.connections:
+            await asyncio.sleep(s.flush_settle_s)
+        await self._end_session(part)
 
     async def _end_session(self, part: SessionPart) -> None:
-        """End one session, once, after its stream socket is closed (or given up on)."""
+        """End one session, once, after its stream is finished (or given up on)."""
         started = time.monotonic()
         log = self.log.bind(session_id=part.session_id)
         try:
@@ -488,7 +603,9 @@ class Call:
             "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
             "bad_messages": dict(self.bad_messages),
             "end_latency_ms": self.end_latency_ms,
-            "sessions": [{"session_id": p.session_id, "end_status": p.end_status} for p in self.parts],
+            "flush_wait_ms": self.parts[-1].summary()["flush_wait_ms"] if self.parts else None,
+            "sessions": [p.summary() for p in self.parts],
+            "rollovers": self.rollovers,
             "upstream_drops": self.upstream_drops,
             "telephony_reconnects": self.reconnects,
             "replayed_bytes": self.replayed_bytes,

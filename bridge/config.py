@@ -48,10 +48,13 @@ class Settings:
     language_hint: tuple[str, ...] = ()
     session_mode: str = "consultation"
     param_routes: tuple[ParamRoute, ...] = (ParamRoute("patient_oid", "patient_details", "oid"),)
-    stream_format: str = "binary"
+    stream_format: str = "json"
     batch_ms: int = 100
     buffer_max_s: float = 60.0
     upstream_close_timeout_s: float = 10.0
+    flush_wait_s: float = 30.0
+    flush_settle_s: float = 5.0
+    rollover_margin_s: float = 300.0
     create_budget_s: float = 30.0
     end_budget_s: float = 120.0
     http_timeout_s: float = 20.0
@@ -95,6 +98,12 @@ class Settings:
     api_key: str | None = None
 
     @property
+    def finalize_budget_s(self) -> float:
+        """The longest a session's finish can take: the server's flush, the settle time if it
+        gave no signal, then End Session with its retries."""
+        return self.flush_wait_s + self.flush_settle_s + self.end_budget_s
+
+    @property
     def has_eka_credentials(self) -> bool:
         return bool(self.eka_access_token or (self.eka_client_id and self.eka_client_secret))
 
@@ -115,10 +124,13 @@ class Settings:
             language_hint=r.listing("EKA_LANGUAGE_HINT"),
             session_mode=r.choice("EKA_SESSION_MODE", SESSION_MODES, "consultation") or "consultation",
             param_routes=r.param_routes("BRIDGE_CALL_PARAMS", "patient_oid=patient_details.oid"),
-            stream_format=r.choice("EKA_STREAM_FORMAT", STREAM_FORMATS, "binary") or "binary",
+            stream_format=r.choice("EKA_STREAM_FORMAT", STREAM_FORMATS, "json") or "json",
             batch_ms=int(r.number("BRIDGE_BATCH_MS", 100, 20, 1000)),
             buffer_max_s=r.number("BRIDGE_BUFFER_MAX_S", 60.0, 1, 3600),
             upstream_close_timeout_s=r.number("BRIDGE_UPSTREAM_CLOSE_TIMEOUT_S", 10.0, 0.1, 120),
+            flush_wait_s=r.number("BRIDGE_FLUSH_WAIT_S", 30.0, 0.1, 600),
+            flush_settle_s=r.number("BRIDGE_FLUSH_SETTLE_S", 5.0, 0, 600),
+            rollover_margin_s=r.number("BRIDGE_ROLLOVER_MARGIN_S", 300.0, 1, 3000),
             create_budget_s=r.number("EKA_CREATE_RETRY_BUDGET_S", 30.0, 0, 600),
             end_budget_s=r.number("EKA_END_RETRY_BUDGET_S", 120.0, 0, 3600),
             http_timeout_s=r.number("EKA_HTTP_TIMEOUT_S", 20.0, 1, 120),
@@ -162,6 +174,11 @@ class Settings:
         )
         if bool(settings.eka_client_id) != bool(settings.eka_client_secret):
             r.problems.append("EKA_CLIENT_ID and EKA_CLIENT_SECRET must be set together")
+        if settings.rollover_margin_s < settings.finalize_budget_s:
+            r.problems.append(
+                f"BRIDGE_ROLLOVER_MARGIN_S={settings.rollover_margin_s:g} must cover a session's finish:"
+                f" BRIDGE_FLUSH_WAIT_S + BRIDGE_FLUSH_SETTLE_S + EKA_END_RETRY_BUDGET_S = {settings.finalize_budget_s:g}"
+            )
         if settings.result_webhook_url and not settings.result_webhook_secret:
             r.problems.append("RESULT_WEBHOOK_URL is set without RESULT_WEBHOOK_SECRET (deliveries are signed)")
         if settings.result_webhook_url and not dev and not _private_http_ok(settings.result_webhook_url):

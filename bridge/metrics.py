@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 
 #: End Session, retries included: usually well under a second, up to EKA_END_RETRY_BUDGET_S.
 END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: From ``stop`` to the server's close (its last chunk in storage): hundreds of ms to seconds.
+FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 #: Audio waiting in the bridge before it goes upstream: ~one batch normally, seconds when stalled.
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -77,6 +79,20 @@ class Metrics:
         self.continuations = Counter(
             "bridge_continuation_sessions", "Continuation sessions opened after a stream could not resume.", registry=r
         )
+        self.rollovers = Counter(
+            "bridge_session_rollovers", "Sessions left for a new one of the same call before they expired.", registry=r
+        )
+        self.flush_waits = Histogram(
+            "bridge_upstream_flush_wait_seconds",
+            "From sending stop to EkaScribe closing the stream socket (its last chunk flushed to storage).",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.flush_timeouts = Counter(
+            "bridge_upstream_flush_timeouts",
+            "Stream sockets EkaScribe did not close within BRIDGE_FLUSH_WAIT_S of stop (ended after the settle time).",
+            registry=r,
+        )
         self.telephony_reconnects = Counter(
             "bridge_telephony_reconnects", "Telephony streams resumed within the grace period.", ["provider"], registry=r
         )
@@ -134,8 +150,9 @@ class Metrics:
             self.gap_filled.labels(provider).inc(gap_ms / 1000)
         if summary.get("upstream_drops"):
             self.upstream_drops.inc(summary["upstream_drops"])
-        if len(summary.get("sessions") or ()) > 1:
-            self.continuations.inc(len(summary["sessions"]) - 1)
+        continued = sum(1 for p in summary.get("sessions") or () if p.get("opened_because") == "upstream_lost")
+        if continued:
+            self.continuations.inc(continued)
         if summary.get("telephony_reconnects"):
             self.telephony_reconnects.labels(provider).inc(summary["telephony_reconnects"])
         if summary.get("dropped_bytes"):
@@ -145,6 +162,14 @@ class Metrics:
 
     def end_session(self, seconds: float) -> None:
         self.end_latency.observe(seconds)
+
+    def flush_wait(self, seconds: float, *, timed_out: bool) -> None:
+        self.flush_waits.observe(seconds)
+        if timed_out:
+            self.flush_timeouts.inc()
+
+    def rollover(self) -> None:
+        self.rollovers.inc()
 
     # -- Eka, results, deliveries -----------------------------------------------------------
 

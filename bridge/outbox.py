@@ -53,6 +53,10 @@ class PcmOutbox:
         if len(self._buf) >= self._want:
             self._ready.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """No more audio will come; the writer drains what is left."""
         self._closed = True

@@ -111,7 +111,7 @@ async def test_every_log_line_of_a_call_carries_its_ids_and_no_secrets(tmp_path:
         "call_started",
         "eka_session_created",
         "upstream_connected",
-        "upstream_closed",
+        "upstream_flushed",
         "eka_session_ended",
         "call_summary",
     }

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from bridge.app import SHUTDOWN_GRACE_S
+from bridge.app import FINALIZE_MARGIN_S, SHUTDOWN_GRACE_S
 from bridge.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +40,6 @@ CREDENTIALS = frozenset(
 )
 #: Any setting named like this is a credential too, listed above or not.
 SECRET_NAME = re.compile(r"SECRET|TOKEN|_KEY$|PASSWORD")
-#: Bridge.finalize_all waits EKA_END_RETRY_BUDGET_S plus this for calls to finish finalizing.
-FINALIZE_MARGIN_S = 30
 AN_HOUR_S = 3600
 
 
@@ -165,7 +163,7 @@ def test_grace_period_outlasts_prestop_drain_and_finalize() -> None:
     spec = pod_spec()
     pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    needed = float(pre_stop[1]) + settings.drain_s + settings.end_budget_s + FINALIZE_MARGIN_S + SHUTDOWN_GRACE_S
+    needed = float(pre_stop[1]) + settings.drain_s + settings.finalize_budget_s + FINALIZE_MARGIN_S + SHUTDOWN_GRACE_S
     assert spec["terminationGracePeriodSeconds"] > needed
     assert settings.drain_s >= AN_HOUR_S  # an hour-long consultation is drained, not cut
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -13,12 +16,16 @@ from bridge.eka.auth import TokenProvider
 from bridge.eka.retry import Backoff, EkaError, with_retries
 
 SESSIONS_PATH = "/voice/v1/sessions"
+#: A session not ended by then expires (P-CS, OSS ``SESSION_DURATION_SECONDS``): assumed when
+#: Create Session's ``expires_at`` is missing or unreadable.
+DEFAULT_SESSION_TTL_S = 3600.0
 
 
 @dataclass(frozen=True)
 class CreatedSession:
     session_id: str
     upload_url: str
+    expires_at: float  # Unix seconds; an End after this is refused (410) and nothing is processed
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class EkaClient:
         """Create a stream session. A 409 on a retry means our earlier attempt did land: fetch it."""
         body = {**body, "session_id": body.get("session_id") or new_session_id()}
         session_id = body["session_id"]
+        asked_at = time.time()  # the fallback expiry counts from before the server could have created it
         response, tries = await self._call("create", "POST", SESSIONS_PATH, self._create_budget_s, log, json=body)
         if response.status_code == 409 and tries > 1:
             response, _ = await self._call(
@@ -67,7 +75,12 @@ class EkaClient:
             raise EkaError("create", _error_reason(response), response.status_code, tries)
         try:
             data = response.json()
-            return CreatedSession(str(data["session_id"]), str(data["upload_url"]))
+            expires_at = parse_expires_at(data.get("expires_at"))
+            return CreatedSession(
+                str(data["session_id"]),
+                str(data["upload_url"]),
+                expires_at if expires_at is not None else asked_at + DEFAULT_SESSION_TTL_S,
+            )
         except (ValueError, KeyError, TypeError):
             raise EkaError("create", "malformed response (no session_id/upload_url)") from None
 
@@ -130,6 +143,34 @@ class EkaClient:
             log.warning("eka_unauthorized", op=op, action="renewing token and trying once more")
             await self._tokens.invalidate(token)
         raise AssertionError("unreachable")
+
+
+def parse_expires_at(value: Any) -> float | None:
+    """``expires_at`` as Unix seconds: Eka's server sends a number (seconds), its docs an ISO 8601
+    string. ``None`` when absent or unreadable (the caller assumes creation + 1 h)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                return None
+            if moment.tzinfo is None:  # no zone given: Eka's examples are all UTC
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+    else:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    if seconds > 1e11:  # milliseconds, not seconds
+        seconds /= 1000
+    return seconds
 
 
 def _says_already_ended(response: httpx.Response) -> bool:

@@ -1,8 +1,13 @@
-"""The EkaScribe stream socket: PCM16LE mono 16 kHz in, nothing back.
+"""The EkaScribe stream socket: PCM16LE mono 16 kHz in, nothing back but the final close.
 
-Two wire modes (Eka's stream-audio page): raw binary frames (default), or the
-Media-Streams JSON envelope with ``start``/``media``/``stop``. The server sends
-no messages; closing (or ``stop``) only flushes, End Session finalizes.
+Two wire modes (Eka's stream-audio page): the Media-Streams JSON envelope with
+``start``/``media``/``stop`` (default), or raw binary frames. Eka's server dispatches
+each frame by its type, so a text ``stop`` after binary audio is understood too.
+
+How a stream finishes (spec §3.6): the server flushes its last, partial VAD chunk to
+storage only after its receive loop ends, and after a ``stop`` it closes the socket
+only once that flush is done. End Session processes what storage holds when it
+arrives, so the server's close is the one signal that End may be called.
 """
 
 from __future__ import annotations
@@ -10,12 +15,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
+from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 #: What a broken or refused upstream socket can raise.
 UPSTREAM_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a stream's finishing handshake went."""
+
+    closed_by_server: bool  # the server closed after our ``stop``: its flush is done
+    wait_s: float  # from sending ``stop`` to the server's close (or to giving up)
+    close_code: int | None
 
 
 class UpstreamStream:
@@ -26,7 +42,7 @@ class UpstreamStream:
 
     @classmethod
     async def open(
-        cls, url: str, *, wire_format: str = "binary", sample_rate: int = 16000, timeout_s: float = 10.0
+        cls, url: str, *, wire_format: str = "json", sample_rate: int = 16000, timeout_s: float = 10.0
     ) -> UpstreamStream:
         """Connect to ``upload_url`` exactly as Create Session returned it."""
         connection = await connect(
@@ -57,15 +73,23 @@ class UpstreamStream:
         else:
             await self._ws.send(pcm)
 
-    async def close(self, timeout_s: float) -> int | None:
-        """Send ``stop`` (JSON mode only), close, and wait at most ``timeout_s`` for the close."""
+    async def finish(self, *, flush_wait_s: float, close_timeout_s: float, reason: str = "call ended") -> Finished:
+        """Send ``stop`` (a text frame in both wire modes) and wait up to ``flush_wait_s`` for the
+        server to close the socket, which it does once its last chunk is in storage. If it does
+        not, close it ourselves: the server still flushes on disconnect, but gives no signal."""
+        started = time.monotonic()
         try:
-            if self._json:
-                await self._ws.send(json.dumps({"event": "stop", "reason": "call ended"}))
-            await asyncio.wait_for(self._ws.close(), timeout_s)
+            await self._ws.send(json.dumps({"event": "stop", "reason": reason}))
+            await asyncio.wait_for(self._ws.wait_closed(), flush_wait_s)
         except UPSTREAM_ERRORS:
-            pass
-        return self._ws.close_code
+            try:
+                await asyncio.wait_for(self._ws.close(), close_timeout_s)
+            except UPSTREAM_ERRORS:
+                self.abort()
+        waited = time.monotonic() - started
+        protocol = self._ws.protocol
+        by_server = protocol.close_rcvd is not None and bool(protocol.close_rcvd_then_sent)
+        return Finished(by_server, waited, self._ws.close_code)
 
     def abort(self) -> None:
         """Drop the connection without a close handshake (only when giving up on it)."""
