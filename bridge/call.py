@@ -89,6 +89,7 @@ class SessionPart:
     streamed_bytes: int = 0  # sent into its socket, replays included
     finish: str | None = None  # "flushed", "flush_timeout", "lost" or "not_connected"
     flush_wait_s: float | None = None
+    lost_at: float | None = None  # loop time its last connection was lost (flushed by the server, silently)
     end_status: str | None = None
     end_task: asyncio.Task[None] | None = None
 
@@ -388,6 +389,7 @@ class Call:
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()
+                part.lost_at = loop.time()
                 self.upstream_drops += 1
                 self.log.warning("upstream_dropped", reason=reason)
                 if reconnecting or reason == "close_4000":
@@ -470,6 +472,8 @@ class Call:
             part.finish = "lost" if part.connections else "not_connected"
         if part.finish != "flushed" and part.connections:
             await asyncio.sleep(s.flush_settle_s)
+        elif part.lost_at is not None:  # an earlier connection of this session was lost mid-call
+            await asyncio.sleep(max(0.0, part.lost_at + s.flush_settle_s - asyncio.get_running_loop().time()))
         await self._end_session(part)
 
     async def _end_session(self, part: SessionPart) -> None:

@@ -54,6 +54,21 @@ class Harness:
         return next(iter(self.emulator.sessions.values()))
 
 
+def assert_processed_whole(session: Any, *, flushed_on_stop: bool = True) -> None:
+    """EkaScribe processed every byte the session received, and End came after the last flush:
+    after the server's close following our ``stop`` (or, for a socket that was lost or a
+    process that crashed, after the server's silent flush on disconnect)."""
+    assert session.end_calls == 1
+    assert len(session.audio) > 0
+    assert session.processed_audio == bytes(session.audio)
+    assert session.lost_after_end_bytes == 0
+    assert session.flushed_at is not None and session.ended_at is not None
+    assert session.flushed_at <= session.ended_at
+    if flushed_on_stop:
+        assert session.stop_received and session.server_closed_at is not None
+        assert session.server_closed_at <= session.ended_at
+
+
 def make_settings(eka_url: str, **overrides: Any) -> Settings:
     base = Settings(
         eka_base_url=eka_url,
@@ -62,6 +77,10 @@ def make_settings(eka_url: str, **overrides: Any) -> Settings:
         create_budget_s=10.0,
         end_budget_s=10.0,
         upstream_close_timeout_s=5.0,
+        # The emulator flushes 1 s after a stream ends (its realistic default): wait for it, and
+        # without its signal settle a little longer than that before End.
+        flush_wait_s=5.0,
+        flush_settle_s=1.5,
         http_timeout_s=5.0,
         backoff_base_s=0.02,
         backoff_max_s=0.2,

@@ -12,7 +12,7 @@ import soxr
 
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from tests.harness import CLIENT_SECRET, Harness, running
+from tests.harness import CLIENT_SECRET, Harness, assert_processed_whole, running
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +77,7 @@ async def test_full_call_reaches_eka_intact_and_is_ended_once(tmp_path: Path) ->
     assert h.emulator.count("end") == 1
     assert session.stream_closed_at is not None and session.ended_at is not None
     assert session.stream_closed_at <= session.ended_at
+    assert_processed_whole(session)  # and all of it was processed: End came after the server's flush
     assert session.audio_files_sent == 0
     # The session carries the call's identity and only allow-listed parameters.
     body = session.request
@@ -147,6 +148,7 @@ async def test_socket_dropped_without_stop_still_ends_the_session_once(tmp_path:
     pcm = received_pcm(session)
     assert len(pcm) == 2 * received_bytes
     assert si_snr_db(pcm, reference_16k(audio[:received_bytes])) > 45
+    assert_processed_whole(session)
 
 
 async def test_create_failing_then_succeeding_is_retried(tmp_path: Path) -> None:
@@ -267,7 +269,7 @@ async def test_a_call_whose_session_cannot_be_created_is_read_to_its_end(tmp_pat
 
 async def test_json_wire_mode_sends_start_and_stop(tmp_path: Path) -> None:
     audio = ulaw_call(1.0)
-    async with running(tmp_path, stream_format="json") as h:
+    async with running(tmp_path) as h:  # the default
         await replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=PACE)
         await finished(h)
         session = h.only_session()

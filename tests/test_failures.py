@@ -15,7 +15,7 @@ import pytest
 from bridge.audio.codec import ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from tests.harness import Harness, running
+from tests.harness import Harness, assert_processed_whole, running
 from tests.test_call import finished, received_pcm, ulaw_call
 
 pytestmark = pytest.mark.anyio
@@ -76,6 +76,11 @@ async def test_upstream_drop_with_reconnect_refused_continues_in_a_new_session(t
     assert summary["end_status"] == "ended" and summary["upstream_drops"] >= 1
     assert drops and drops[0]["reason"] == "close_1011"
     assert_covers_without_gap([received_pcm(first), received_pcm(second)], expected_stream(audio))
+    # The lost socket gave no signal: its session was Ended only after the server's silent flush.
+    assert_processed_whole(first, flushed_on_stop=False)
+    assert_processed_whole(second)
+    assert [s["finish"] for s in summary["sessions"]] == ["lost", "flushed"]
+    assert [s["opened_because"] for s in summary["sessions"]] == ["call_start", "upstream_lost"]
 
 
 async def test_upstream_drop_with_reconnect_accepted_keeps_one_session(tmp_path: Path) -> None:
@@ -89,6 +94,7 @@ async def test_upstream_drop_with_reconnect_accepted_keeps_one_session(tmp_path:
 
     assert session.stream_connections == 2
     assert summary["replayed_bytes"] > 0
+    assert_processed_whole(session)  # both connections' flushes, the lost one's included
     full = expected_stream(audio)
     got = received_pcm(session)
     seam = next(i for i in range(min(len(got), len(full))) if got[i] != full[i])  # where the replay begins

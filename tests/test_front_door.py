@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from bridge.routing import RoutingTable, load_routes
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay
 from bridge.telephony.twilio_signature import body_sha256, compute_signature
-from tests.harness import CLIENT_SECRET, Harness, running
+from tests.harness import CLIENT_SECRET, Harness, assert_processed_whole, running
 from tests.test_call import ulaw_call
 
 pytestmark = pytest.mark.anyio
@@ -375,6 +375,7 @@ async def test_no_media_for_the_idle_time_ends_the_call_once(tmp_path: Path) -> 
     assert summary["frames"] == len(audio) // 160
     assert session.end_calls == 1 and h.emulator.count("end") == 1
     assert len(session.audio) == 2 * 2 * len(audio)  # all of it arrived: 16 kHz, 16-bit
+    assert_processed_whole(session)  # and all of it was processed: End waited for the flush
     assert [line["reason"] for line in limit_lines] == ["idle_timeout"]
 
 
@@ -389,6 +390,8 @@ async def test_a_call_longer_than_the_maximum_is_ended_once(tmp_path: Path) -> N
     assert summary["end_reason"] == "max_duration" and summary["end_status"] == "ended"
     assert 0 < summary["frames"] < len(audio) // 160
     assert session.end_calls == 1
+    assert len(session.audio) == 2 * 2 * summary["bytes_in"]
+    assert_processed_whole(session)
 
 
 async def test_a_message_over_the_size_cap_closes_the_socket_and_the_call_ends_once(tmp_path: Path) -> None:
@@ -406,6 +409,8 @@ async def test_a_message_over_the_size_cap_closes_the_socket_and_the_call_ends_o
     assert summary["end_reason"] == "socket_closed" and summary["end_status"] == "ended"
     assert session.end_calls == 1
     assert counts == {"stream:message_too_big": 1}
+    assert len(session.audio) == 2 * 2 * summary["bytes_in"] > 0
+    assert_processed_whole(session)
     assert_no_secrets(h, "x" * 100)
 
 

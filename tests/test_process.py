@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 from bridge.audio.resample import HALF_SPAN
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from tests.harness import CLIENT_ID, CLIENT_SECRET
+from tests.harness import CLIENT_ID, CLIENT_SECRET, assert_processed_whole
 from tests.servers import serve
 from tests.test_call import received_pcm, ulaw_call
 from tests.test_failures import expected_stream
@@ -135,6 +135,7 @@ async def test_sigterm_mid_call_drains_then_finalizes_before_exit(tmp_path: Path
     assert code == 0
     assert result.close_code == 1001 and not result.completed  # the bridge ended the call
     assert session.end_calls == 1 and session.stream_closed_at <= session.ended_at
+    assert_processed_whole(session)
     pcm = received_pcm(session)
     full = expected_stream(audio)
     settled = len(pcm) - 2 * HALF_SPAN  # the flushed tail has silence for look-ahead, as it should
@@ -163,6 +164,7 @@ async def test_a_second_signal_finalizes_at_once(tmp_path: Path) -> None:
 
     assert code == 0 and result.close_code == 1001
     assert session.end_calls == 1
+    assert_processed_whole(session)
 
 
 async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path: Path) -> None:
@@ -183,7 +185,8 @@ async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path:
         (session,) = emulator.sessions.values()
         assert session.ended_at is None and session.end_calls == 0  # left open by the crash
 
-        second = await BridgeProcess.start(eka_url, ledger, BRIDGE_SWEEP_GRACE_S="0.2")
+        # The sweeper waits at least the settle time: the server flushed the dead socket silently.
+        second = await BridgeProcess.start(eka_url, ledger, BRIDGE_SWEEP_GRACE_S="0.2", BRIDGE_FLUSH_SETTLE_S="1.5")
         try:
             await emulator.wait_for(lambda: session.ended_at is not None, 15)
             swept = await second.wait_for_line(lambda line: "sweep_session_ended" in line, 10)
@@ -193,5 +196,6 @@ async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path:
             second.kill()
 
     assert session.end_calls == 1
+    assert_processed_whole(session, flushed_on_stop=False)
     assert session.session_id in swept and '"orphan": true' in swept
     assert code == 0

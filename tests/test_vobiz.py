@@ -17,7 +17,7 @@ from bridge.simulator.audio import load_pcm16, load_ulaw
 from bridge.simulator.twilio import replay
 from bridge.simulator.vobiz import VobizCall, plan_messages, simulate_vobiz
 from bridge.telephony.vobiz_signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, compute_v3
-from tests.harness import Harness, running
+from tests.harness import Harness, assert_processed_whole, running
 from tests.test_call import finished, received_pcm, si_snr_db
 
 pytestmark = pytest.mark.anyio
@@ -105,6 +105,7 @@ async def test_a_reconnect_within_the_grace_period_continues_the_same_session(tm
     assert len(pcm) == 2 * len(ulaw)  # all the audio, no gap, no repeat
     assert si_snr_db(pcm, upsampled(ulaw_to_pcm16(ulaw), 8000)) > 45
     assert summary["gap_filled_ms"] == {"inbound": 0}
+    assert_processed_whole(session)  # the grace period ran out: that close ended the call
 
 
 async def test_a_hangup_webhook_ends_a_detached_call_at_once(tmp_path: Path) -> None:
@@ -121,6 +122,8 @@ async def test_a_hangup_webhook_ends_a_detached_call_at_once(tmp_path: Path) -> 
 
     assert response.status_code == 204
     assert summary["end_reason"] == "hangup" and session.end_calls == 1
+    assert len(session.audio) == 2 * 2 * 16000
+    assert_processed_whole(session)
 
 
 async def test_a_hangup_webhook_ends_a_live_call_at_once(tmp_path: Path) -> None:
@@ -136,6 +139,8 @@ async def test_a_hangup_webhook_ends_a_live_call_at_once(tmp_path: Path) -> None
 
     assert result.close_code == 1000 and not result.completed
     assert summary["end_reason"] == "hangup" and session.end_calls == 1
+    assert len(session.audio) == 2 * 2 * summary["bytes_in"]
+    assert_processed_whole(session)
 
 
 async def test_the_stream_token_is_required_when_configured(tmp_path: Path) -> None:
