@@ -35,6 +35,8 @@ async def running(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def make(tmp_path: Path, **options: object) -> Emulator:
+    """An emulator writing WAVs under ``tmp_path``; streams flush in 50 ms unless a test says otherwise."""
+    options.setdefault("flush_delay_s", 0.05)
     return Emulator(EmulatorOptions(audio_dir=tmp_path / "audio", **options))  # type: ignore[arg-type]
 
 
@@ -188,12 +190,15 @@ async def test_binary_stream_lands_in_session_and_wav(tmp_path: Path) -> None:
             for start in range(0, len(pcm), 640):
                 await ws.send(pcm[start : start + 640])
         session = emulator.sessions[created["session_id"]]
-        await emulator.wait_for(lambda: session.stream_closed_at is not None, timeout=WAIT)
+        await emulator.wait_for(lambda: session.flushed_at is not None, timeout=WAIT)
 
     assert bytes(session.audio) == pcm
+    assert bytes(session.stored) == pcm and session.stored_chunk_sizes == [len(pcm)]  # 1 s < chunk_s: one flush
     assert session.wire_mode == "binary" and session.sample_rate == 16000
-    assert session.audio_seconds == pytest.approx(1.0)
+    assert session.audio_seconds == pytest.approx(1.0) and session.stored_seconds == pytest.approx(1.0)
+    assert session.processed_audio == b"" and session.processed_seconds == 0  # nothing is processed before End
     assert session.stream_connections == 1 and not session.stop_received
+    assert session.server_closed_at is None  # the client closed: the server had no close to send
     assert session.wav_path == tmp_path / "audio" / f"{session.session_id}.wav"
     with wave.open(str(session.wav_path), "rb") as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
@@ -220,7 +225,9 @@ async def test_json_stream_at_8k_then_reconnect_and_unknown_are_refused(tmp_path
 
         session = emulator.sessions[created["session_id"]]
         assert session.stream_closed_at is not None  # finalized before the close was sent
-        assert bytes(session.audio) == pcm
+        assert session.flushed_at is not None and session.server_closed_at is not None
+        assert session.server_closed_at >= session.flushed_at
+        assert bytes(session.audio) == pcm and bytes(session.stored) == pcm
         assert (session.wire_mode, session.sample_rate) == ("json", 8000)
         assert session.audio_seconds == pytest.approx(0.5)
         assert session.stop_received and session.stop_reason == "hangup"
@@ -250,6 +257,7 @@ async def test_end_then_repeat_and_unknown(tmp_path: Path) -> None:
             await ws.send(tone(21.0))
         session = emulator.sessions[sid]
         await emulator.wait_for(lambda: session.stream_closed_at is not None, timeout=WAIT)
+        assert session.stored_chunk_sizes == [20 * 32000, 32000]  # one full 20 s chunk, then the 1 s flush
 
         before = await client.get(f"/voice/v1/sessions/{sid}", headers=bearer(token))
         assert before.status_code == 202 and before.json()["status"] == "initialized"
@@ -275,6 +283,7 @@ async def test_end_then_repeat_and_unknown(tmp_path: Path) -> None:
         assert (await client.get("/voice/v1/sessions/ses_unknown", headers=bearer(token))).status_code == 404
 
     assert session.status == "processing" and session.end_calls == 3 and session.audio_files_sent == 0
+    assert session.processed_audio == bytes(session.audio) and session.processed_seconds == pytest.approx(21.0)
 
 
 async def test_get_completes_with_emulator_transcript(tmp_path: Path) -> None:
@@ -296,12 +305,13 @@ async def test_get_completes_with_emulator_transcript(tmp_path: Path) -> None:
         assert body["status"] == "completed" and body["language_detected"] == "hi" and body["model_used"] == "lite"
         assert body["transcript"] == (
             "EkaScribe emulator: no speech recognition was performed. "
-            "Received 1.50 s of audio at 16000 Hz in 1 stream connection(s)."
+            "Processed 1.50 s of audio at 16000 Hz in 1 stream connection(s)."
         )
         assert [list(t) for t in body["templates"]] == [["eka_emr_template"], ["clinical_notes_template"]]
         document = body["templates"][0]["eka_emr_template"]
         assert document["status"] == "success" and document["document_id"].startswith("doc_")
-        assert document["data"]["emulated"] is True
+        assert document["data"]["emulated"] is True and document["data"]["audio_seconds"] == 1.5
+        assert body["audio_files"] == ["0.m4a"]
 
         one = await client.get(f"/voice/v1/sessions/{sid}", params={"template_id": "clinical_notes_template"}, headers=bearer(token))
         assert [list(t) for t in one.json()["templates"]] == [["clinical_notes_template"]]
@@ -405,10 +415,13 @@ async def test_stream_faults(tmp_path: Path) -> None:
             await ws.send(b"\0" * 640)
             await ws.send(b"\0" * 640)
             assert (await close_code(ws))[0] == 1011
-        async with connect(created["upload_url"]) as ws:
+        async with connect(created["upload_url"]) as ws:  # refused at once, though the flush is still to come
             assert (await close_code(ws))[0] == 4000
+        await emulator.wait_for(lambda: only(emulator).flushed_at is not None, timeout=WAIT)
     assert len(only(emulator).audio) == 1280 and only(emulator).stream_connections == 1
-    assert [r.status for r in emulator.requests if r.op == "stream"] == [503, 4000, 1011, 4000]
+    assert len(only(emulator).stored) == 1280
+    # The dropped socket is recorded when its handler returns, after its flush.
+    assert [r.status for r in emulator.requests if r.op == "stream"] == [503, 4000, 4000, 1011]
 
 
 async def test_admin_api_and_health(tmp_path: Path) -> None:
@@ -419,6 +432,7 @@ async def test_admin_api_and_health(tmp_path: Path) -> None:
         sid = (await create_stream(client, token))["session_id"]
         listed = (await client.get("/_emulator/sessions")).json()["sessions"]
         assert [s["session_id"] for s in listed] == [sid] and listed[0]["audio_seconds"] == 0
+        assert listed[0]["processed_seconds"] == 0 and listed[0]["processed_bytes"] is None
 
         added = await client.post("/_emulator/faults", json={"op": "get", "status": 500, "count": 1})
         assert added.status_code == 200
@@ -442,6 +456,24 @@ def test_cli_arguments_build_options() -> None:
     options = options_from(args)
     assert options.static_tokens == frozenset({"a", "b"}) and options.processing_s == 0.5
     assert options.audio_dir == Path("emulator-audio")
+    assert (options.chunk_s, options.flush_delay_s, options.session_ttl_s, options.expires_format) == (
+        20.0,
+        1.0,
+        3600.0,
+        "iso",
+    )
+    strict = options_from(
+        parser.parse_args(
+            ["--chunk-s", "10", "--flush-delay-s", "2.5", "--session-ttl-s", "60", "--expires-format", "unix"]
+        )
+    )
+    assert (strict.chunk_s, strict.flush_delay_s, strict.session_ttl_s, strict.expires_format) == (10, 2.5, 60, "unix")
+    with pytest.raises(ValueError, match="chunk_s"):
+        options_from(parser.parse_args(["--chunk-s", "0"]))
+    with pytest.raises(ValueError, match="flush_delay_s"):
+        options_from(parser.parse_args(["--flush-delay-s", "-1"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--expires-format", "rfc2822"])
 
 
 def test_cli_fault_knobs_queue_faults() -> None:

@@ -16,7 +16,11 @@ from bridge.emulator.state import EmulatedSession, SessionStore
 
 
 def summary(session: EmulatedSession) -> dict[str, Any]:
-    """What a human wants to see about a session: never the audio, never tokens."""
+    """What a human wants to see about a session: never the audio, never tokens.
+
+    Audio is reported received (``audio_*``), stored and processed, because they differ
+    when End races a stream's final flush (spec §3.6).
+    """
     return {
         "session_id": session.session_id,
         "stream_id": session.stream_id,
@@ -25,11 +29,17 @@ def summary(session: EmulatedSession) -> dict[str, Any]:
         "created_at": iso(session.created_at),
         "wire_mode": session.wire_mode,
         "sample_rate": session.sample_rate,
-        "audio_bytes": len(session.audio),
-        "audio_seconds": round(session.audio_seconds, 3),
+        "audio_bytes": len(session.audio),  # received
+        "audio_seconds": round(session.audio_seconds, 3),  # received
+        "stored_seconds": round(session.stored_seconds, 3),
+        "stored_chunks": len(session.stored_chunk_sizes),
+        "processed_bytes": session.audio_bytes_at_end,  # None before End
+        "processed_seconds": round(session.processed_seconds, 3),
+        "lost_after_end_seconds": round(session.lost_after_end_seconds, 3),
         "stream_connections": session.stream_connections,
         "open_streams": session.open_streams,
         "stop_received": session.stop_received,
+        "frames_after_stop": session.frames_after_stop,
         "ignored_frames": session.ignored_frames,
         "end_calls": session.end_calls,
         "audio_files_sent": session.audio_files_sent,
@@ -57,7 +67,8 @@ class AdminEndpoints:
         return JSONResponse({"sessions": [summary(s) for s in self._store.sessions.values()]})
 
     async def arrivals(self, request: Request) -> Response:
-        """Per session: when each audio frame arrived and when End came (``time.monotonic()``).
+        """Per session: when each audio frame arrived, when End came, when the stream was flushed
+        and closed (``time.monotonic()``).
 
         For the load benchmark, which compares these with its own send times on the same
         machine; ``arrivals`` is empty unless the emulator runs with ``--record-arrivals``.
@@ -70,10 +81,14 @@ class AdminEndpoints:
                     {
                         "session_id": s.session_id,
                         "call_sid": s.additional_data.get("call_sid"),
-                        "audio_bytes": len(s.audio),
+                        "audio_bytes": len(s.audio),  # received
+                        "processed_bytes": s.audio_bytes_at_end,
+                        "lost_after_end_bytes": s.lost_after_end_bytes,
                         "end_calls": s.end_calls,
                         "ended_at": s.ended_at,
                         "stream_closed_at": s.stream_closed_at,
+                        "flushed_at": s.flushed_at,
+                        "server_closed_at": s.server_closed_at,
                         "arrivals": s.arrivals,
                     }
                     for s in self._store.sessions.values()

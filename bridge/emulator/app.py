@@ -23,6 +23,7 @@ from bridge.emulator.processing import Processor
 from bridge.emulator.recording import OP_KEY, RecordedRequest, RequestRecorder
 from bridge.emulator.sessions import STREAM_PATH, SessionEndpoints
 from bridge.emulator.state import EmulatedSession, SessionStore
+from bridge.emulator.storage import Storage
 from bridge.emulator.stream import StreamEndpoint
 from bridge.emulator.tokens import TokenStore
 from bridge.emulator.webhooks import SentWebhook, WebhookNotifier
@@ -61,13 +62,16 @@ class Emulator:
             outcome=lambda: self.options.outcome,
             on_complete=self._webhooks.completed,
         )
+        self._storage = Storage(audio_dir=self.options.audio_dir, changes=self._changes, log=self._log)
         self._stream = StreamEndpoint(
             store=self._store,
+            storage=self._storage,
             faults=self.faults,
             changes=self._changes,
             record=self._record,
-            audio_dir=self.options.audio_dir,
             log=self._log,
+            chunk_s=self.options.chunk_s,
+            flush_delay_s=self.options.flush_delay_s,
             record_arrivals=self.options.record_arrivals,
         )
         self.app = Starlette(
@@ -103,6 +107,7 @@ class Emulator:
         auth = AuthEndpoints(self.tokens, self.options, self._log)
         voice = SessionEndpoints(
             store=self._store,
+            storage=self._storage,
             tokens=self.tokens,
             processor=self._processor,
             changes=self._changes,
@@ -158,7 +163,6 @@ class Emulator:
         yield
         self._processor.cancel_all()
         self._webhooks.cancel_all()
-        self._stream.close_all()
 
 
 async def _healthz(request: Request) -> Response:

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--audio-dir",
         type=Path,
         default=Path("emulator-audio"),
-        help="where each session's received audio is written as <session_id>.wav (default: %(default)s)",
+        help="where each session's audio is written as <session_id>.wav: what reached storage, and from End"
+        " on exactly what End processed (default: %(default)s)",
     )
     parser.add_argument("--no-audio", action="store_true", help="do not write WAV files")
     parser.add_argument(
@@ -70,6 +71,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.long_poll_s,
         help="hold a Get Session on a processing session up to this long, like Eka's server (~14 s)"
         " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-ttl-s",
+        type=float,
+        default=defaults.session_ttl_s,
+        help="a session not ended this long after creation expires: End then answers 410 and a stream"
+        " connect is closed with 4000 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--expires-format",
+        choices=("iso", "unix"),
+        default=defaults.expires_format,
+        help="Create Session's expires_at: ISO 8601 as documented, or integer Unix seconds like Eka's"
+        " OSS server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--chunk-s",
+        type=float,
+        default=defaults.chunk_s,
+        help="each stream connection's audio reaches storage in chunks this long, like Eka's VAD chunks"
+        " (~10-25 s); End processes only what storage holds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flush-delay-s",
+        type=float,
+        default=defaults.flush_delay_s,
+        help="the final flush of a connection's partial chunk takes this long after stop or disconnect;"
+        " after stop the server closes only then, and an End before it loses that audio (default: %(default)s)",
     )
     parser.add_argument(
         "--webhook-url", default=None, help="POST a v2rx.completed notification here when a session completes"
@@ -126,6 +155,7 @@ def apply_faults(faults: Faults, args: argparse.Namespace) -> None:
 
 
 def options_from(args: argparse.Namespace) -> EmulatorOptions:
+    defaults = EmulatorOptions(audio_dir=None)
     return EmulatorOptions(
         audio_dir=None if getattr(args, "no_audio", False) else args.audio_dir,
         client_id=args.client_id,
@@ -139,6 +169,10 @@ def options_from(args: argparse.Namespace) -> EmulatorOptions:
         long_poll_s=getattr(args, "long_poll_s", 0.0),
         webhook_url=getattr(args, "webhook_url", None),
         webhook_signing_key=getattr(args, "webhook_signing_key", None),
+        session_ttl_s=getattr(args, "session_ttl_s", defaults.session_ttl_s),
+        expires_format=getattr(args, "expires_format", defaults.expires_format),
+        chunk_s=getattr(args, "chunk_s", defaults.chunk_s),
+        flush_delay_s=getattr(args, "flush_delay_s", defaults.flush_delay_s),
     )
 
 

@@ -66,9 +66,11 @@ class Faults:
     def drop_stream_after(self, n_bytes: int, count: int = 1, *, keep_registration: bool = False) -> None:
         """Close the next ``count`` stream sockets with 1011 after each has received ``n_bytes`` of audio.
 
-        The drop finalizes the stream like any disconnect (Eka's OSS server deletes the
+        The drop ends the stream like any disconnect (Eka's OSS server deletes the
         registration), so a reconnect gets 4000; ``keep_registration=True`` lets the
-        client reconnect instead, to exercise resume logic.
+        client reconnect instead, to exercise resume logic. The 1011 goes out at once;
+        the dropped connection's partial chunk is flushed ``flush_delay_s`` later, with
+        no signal to the client (each reconnection keeps and flushes its own).
         """
         if n_bytes < 0 or count < 1:
             raise ValueError("n_bytes must be >= 0 and count >= 1")

@@ -93,7 +93,8 @@ class Processor:
             "session_completed",
             session_id=session.session_id,
             outcome=session.status,
-            audio_seconds=round(session.committed_seconds, 2),
+            processed_seconds=round(session.processed_seconds, 2),
+            received_seconds=round(session.audio_seconds, 2),
             templates=list(session.documents),
         )
         self._changes.notify()

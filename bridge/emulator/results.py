@@ -1,7 +1,8 @@
 """What Get Session returns: the emulator's stand-in for transcription and templates.
 
 Nothing is recognised; the transcript and every document say so plainly and report
-how much audio arrived, which is what a test of the bridge actually needs to check.
+how much audio was processed (what End found in storage, not what the socket received),
+which is what a test of the bridge actually needs to check.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from bridge.emulator.state import BYTES_PER_SAMPLE, EmulatedSession
+from bridge.emulator.state import EmulatedSession
 
-VAD_CHUNK_S = 20  # one emulated VAD chunk per started 20 s (P-SA: ~10-25 s; P-DI: 20 s)
 CHUNK_EXTENSION = "m4a"  # OSS converts stream chunks to m4a
 
 
@@ -21,18 +21,16 @@ def iso(moment: datetime) -> str:
 
 
 def audio_files(session: EmulatedSession) -> list[str]:
-    """The VAD chunks Eka would have stored: ``0.m4a``, ``1.m4a``, ... one per started 20 s."""
-    size = len(session.audio) if session.audio_bytes_at_end is None else session.audio_bytes_at_end
-    samples = size // BYTES_PER_SAMPLE
-    per_chunk = VAD_CHUNK_S * session.sample_rate
-    count = -(-samples // per_chunk)
+    """One file per stored chunk, ``0.m4a``, ``1.m4a``, ...: those End listed once it has
+    been called, those in storage now before that."""
+    count = len(session.stored_chunk_sizes) if session.chunks_at_end is None else session.chunks_at_end
     return [f"{index}.{CHUNK_EXTENSION}" for index in range(count)]
 
 
 def transcript(session: EmulatedSession) -> str:
     return (
         "EkaScribe emulator: no speech recognition was performed. "
-        f"Received {session.committed_seconds:.2f} s of audio at {session.sample_rate} Hz "
+        f"Processed {session.processed_seconds:.2f} s of audio at {session.sample_rate} Hz "
         f"in {session.stream_connections} stream connection(s)."
     )
 
@@ -71,7 +69,7 @@ def documents(session: EmulatedSession, template_id: str | None = None, document
             "data": {
                 "emulated": True,
                 "message": "EkaScribe emulator: placeholder document, no clinical note was generated.",
-                "audio_seconds": round(session.committed_seconds, 2),
+                "audio_seconds": round(session.processed_seconds, 2),  # processed, not received
             },
             "publish": {},
         }

@@ -19,6 +19,7 @@ from bridge.emulator.errors import invalid_request, voice_error
 from bridge.emulator.options import EmulatorOptions
 from bridge.emulator.processing import Processor
 from bridge.emulator.state import EmulatedSession, SessionStore
+from bridge.emulator.storage import Storage
 from bridge.emulator.tokens import TokenStore
 from bridge.emulator.validation import ValidationError, parse_create, parse_end
 
@@ -39,6 +40,7 @@ class SessionEndpoints:
         self,
         *,
         store: SessionStore,
+        storage: Storage,
         tokens: TokenStore,
         processor: Processor,
         changes: Changes,
@@ -46,6 +48,7 @@ class SessionEndpoints:
         log: FilteringBoundLogger,
     ) -> None:
         self._store = store
+        self._storage = storage
         self._tokens = tokens
         self._processor = processor
         self._changes = changes
@@ -101,18 +104,30 @@ class SessionEndpoints:
             "session_id": session_id,
             "status": "created",
             "created_at": results.iso(session.created_at),
-            "expires_at": results.iso(session.expires_at),
+            "expires_at": self._expires_at(session),
             "upload_url": session.upload_url,
         }
         if parsed.patient_details is not None:
             body["patient_details"] = session.patient_details
         return JSONResponse(body, status_code=201)
 
+    def _expires_at(self, session: EmulatedSession) -> str | int:
+        """ISO 8601 as documented, or integer Unix seconds as Eka's OSS server sends.
+
+        Both are cut to the second, so the value on the wire is never later than the real expiry.
+        """
+        if self._options.expires_format == "unix":
+            return int(session.expires_at.timestamp())
+        return results.iso(session.expires_at)
+
     async def end(self, request: Request) -> Response:
         """202 and processing starts. A repeat is 400 (docs) or 202 again (``repeat_end="reprocess"``, OSS).
 
-        ``audio_files_sent`` is accepted and stored, never compared (spec §4.1). Ending
-        an expired session is undocumented; the emulator answers 410 ``session_expired`` (MSA).
+        Processes what storage holds at this moment, like OSS (spec §3.6): a stream's last
+        partial chunk still being flushed is not in it, and is lost. A reprocessing End
+        lists storage again. ``audio_files_sent`` is accepted and stored, never compared
+        (spec §4.1). Ending an expired session is undocumented; the emulator answers 410
+        ``session_expired`` (MSA) and processes nothing.
         """
         if (denied := check_bearer(request, self._tokens)) is not None:
             return denied
@@ -126,6 +141,12 @@ class SessionEndpoints:
         except ValidationError as exc:
             return invalid_request(exc.message, exc.details())
         if is_expired(session, datetime.now(timezone.utc)):
+            self._log.warning(
+                "session_end_expired",
+                session_id=session.session_id,
+                received_seconds=round(session.audio_seconds, 2),
+                stored_seconds=round(session.stored_seconds, 2),
+            )
             return voice_error(410, "session_expired", "Session expired before processing was initiated")
         if session.ended_at is not None and self._options.repeat_end == "error":
             return voice_error(400, "session_already_ended", "Session already ended")
@@ -134,7 +155,7 @@ class SessionEndpoints:
         if first:
             session.ended_at = time.monotonic()
             session.audio_files_sent = sent
-        session.audio_bytes_at_end = len(session.audio)
+        self._storage.commit(session)
         self._processor.start(session)
         files = results.audio_files(session)
         self._log.info(
@@ -142,7 +163,8 @@ class SessionEndpoints:
             session_id=session.session_id,
             audio_files_sent=sent,
             audio_files_received=len(files),
-            audio_seconds=round(session.committed_seconds, 2),
+            processed_seconds=round(session.processed_seconds, 2),
+            received_seconds=round(session.audio_seconds, 2),
             stream_open=session.open_streams > 0,
         )
         return JSONResponse(

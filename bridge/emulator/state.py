@@ -18,6 +18,11 @@ class EmulatedSession:
 
     Tests read these fields directly; times named ``*_at`` with float values are
     ``time.monotonic()`` readings, datetimes are wall-clock UTC as sent on the wire.
+
+    Audio goes through three stages, as in Eka's server (spec §3.6): ``audio`` is what
+    the socket received; ``stored`` is what reached storage, chunk by chunk, the last
+    partial chunk of a connection only after its flush; ``processed_audio`` is what End
+    found in storage. A client that Ends before the flush loses the tail of its call.
     """
 
     session_id: str
@@ -35,35 +40,66 @@ class EmulatedSession:
     status: str = "created"  # created -> processing (first End) -> completed | partial | failed
     sample_rate: int = DEFAULT_SAMPLE_RATE
     wire_mode: str | None = None  # "binary" or "json", from the first frame
-    audio: bytearray = field(default_factory=bytearray, repr=False)
+    audio: bytearray = field(default_factory=bytearray, repr=False)  # every PCM byte received, in arrival order
+    #: Audio in storage, in the order chunks were written (Eka's server stores VAD chunks, not frames).
+    stored: bytearray = field(default_factory=bytearray, repr=False)
+    stored_chunk_sizes: list[int] = field(default_factory=list)  # bytes of each stored chunk, in write order
+    lost_after_end_bytes: int = 0  # reached storage after the first End: not processed (but by a reprocessing End)
     stream_connections: int = 0
     open_streams: int = 0
     stream_opened_at: float | None = None  # first connection
-    stream_closed_at: float | None = None  # last finalize
+    stream_closed_at: float | None = None  # last finalize (after its flush); same as flushed_at
+    flushed_at: float | None = None  # last final flush of a connection: flush_delay_s after its receive loop ended
+    server_closed_at: float | None = None  # the server sent its close after a stop, only once flushed (§3.6)
     stop_received: bool = False
     stop_reason: str | None = None
+    frames_after_stop: int = 0  # frames a client sent after its stop: never read as audio (OSS stops reading)
     ignored_frames: int = 0  # text frames OSS would ignore: not JSON, unknown event, empty/bad payload
     end_calls: int = 0  # authenticated, non-faulted End requests, repeats included
     ended_at: float | None = None  # first successful End
     processing_started_at: float | None = None  # latest successful End (differs on reprocess)
     completed_at: datetime | None = None
     audio_files_sent: int | None = None
-    audio_bytes_at_end: int | None = None  # what End "committed"; later frames are not processed
+    audio_bytes_at_end: int | None = None  # len(stored) when End listed storage: what it processed
+    chunks_at_end: int | None = None  # stored chunks End listed: the audio_files it reported
     documents: dict[str, str] = field(default_factory=dict)  # template_id -> document_id
     wav_path: Path | None = None
     #: With ``record_arrivals``: (``time.monotonic()``, total audio bytes) after each audio frame.
     #: CLOCK_MONOTONIC is system-wide, so another process on the machine can compare its own times.
     arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)
 
+    def seconds(self, n_bytes: int) -> float:
+        """``n_bytes`` of this session's PCM in seconds, at its sample rate."""
+        return n_bytes / (BYTES_PER_SAMPLE * self.sample_rate)
+
     @property
     def audio_seconds(self) -> float:
-        return len(self.audio) / (BYTES_PER_SAMPLE * self.sample_rate)
+        """Seconds received over the stream socket(s), stored or not."""
+        return self.seconds(len(self.audio))
+
+    @property
+    def stored_seconds(self) -> float:
+        return self.seconds(len(self.stored))
+
+    @property
+    def processed_audio(self) -> bytes:
+        """What End handed to processing: storage as it was at the (latest) End; b"" before End."""
+        if self.audio_bytes_at_end is None:
+            return b""
+        return bytes(self.stored[: self.audio_bytes_at_end])
+
+    @property
+    def processed_seconds(self) -> float:
+        return self.seconds(self.audio_bytes_at_end or 0)
 
     @property
     def committed_seconds(self) -> float:
-        """Seconds of audio that End handed to processing (all audio before End)."""
-        size = len(self.audio) if self.audio_bytes_at_end is None else self.audio_bytes_at_end
-        return size / (BYTES_PER_SAMPLE * self.sample_rate)
+        """Seconds End committed to processing: the processed seconds (0 before End)."""
+        return self.processed_seconds
+
+    @property
+    def lost_after_end_seconds(self) -> float:
+        return self.seconds(self.lost_after_end_bytes)
 
 
 class SessionStore:

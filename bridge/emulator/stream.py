@@ -3,8 +3,14 @@
 Binary frames are PCM16LE mono 16 kHz; text frames are the Media-Streams JSON
 envelope (``start`` / ``media`` / ``stop``). The server never sends a message.
 Authorization is accepted but not required (spec §3.4: the ``stream_id`` is the
-credential in OSS and Eka's SDK sends no header). After ``stop`` the socket is
-closed with 1000; the production close code is undocumented.
+credential in OSS and Eka's SDK sends no header).
+
+The end of a stream is as slow as Eka's server (spec §3.6): each connection keeps its
+own partial chunk, which reaches storage only ``flush_delay_s`` after the receive loop
+ends. After ``stop`` the server closes (1000; the production code is undocumented)
+only once that flush is done, so the close is the client's signal that End will see
+everything. A client that closes first gets its close answered at once by the WebSocket
+layer and no signal at all: the flush still happens later, after an End that raced it.
 """
 
 from __future__ import annotations
@@ -13,23 +19,21 @@ import asyncio
 import base64
 import binascii
 import json
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from starlette.types import Message
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from structlog.typing import FilteringBoundLogger
 
 from bridge.emulator.changes import Changes
 from bridge.emulator.errors import fault_response
 from bridge.emulator.faults import Faults, StreamDrop
 from bridge.emulator.recording import RecordedRequest
-from bridge.emulator.state import EmulatedSession, SessionStore
-from bridge.emulator.wav import WavSink
+from bridge.emulator.state import BYTES_PER_SAMPLE, EmulatedSession, SessionStore
+from bridge.emulator.storage import Storage
 
 UNKNOWN_STREAM = 4000  # OSS: unknown or expired stream_id -> accept, then close 4000
 NORMAL_CLOSE = 1000
@@ -38,27 +42,30 @@ NO_STATUS = 1005  # a disconnect that carried no close code
 
 
 class StreamEndpoint:
-    """One instance serves every stream socket; per-session WAV files live here."""
+    """One instance serves every stream socket; audio goes to ``storage`` chunk by chunk."""
 
     def __init__(
         self,
         *,
         store: SessionStore,
+        storage: Storage,
         faults: Faults,
         changes: Changes,
         record: Callable[[RecordedRequest], None],
-        audio_dir: Path | None,
         log: FilteringBoundLogger,
+        chunk_s: float,
+        flush_delay_s: float,
         record_arrivals: bool = False,
     ) -> None:
         self._store = store
+        self._storage = storage
         self._faults = faults
         self._changes = changes
         self._record = record
-        self._audio_dir = audio_dir
         self._log = log
+        self._chunk_s = chunk_s
+        self._flush_delay_s = flush_delay_s
         self._record_arrivals = record_arrivals
-        self._sinks: dict[str, WavSink | None] = {}  # session_id -> open WAV (None: writing failed)
 
     async def handle(self, websocket: WebSocket) -> None:
         arrived = time.monotonic()
@@ -105,64 +112,118 @@ class StreamEndpoint:
     async def _receive(
         self, websocket: WebSocket, session: EmulatedSession, stream_id: str, drop: StreamDrop | None
     ) -> int:
-        """Read frames until stop, disconnect or an injected drop; returns the close code.
+        """Read frames until stop, disconnect or an injected drop, then flush; returns the close code.
 
-        Finalizes before closing, so once a client sees the close the session shows it.
+        As in OSS ``_finalize``: the flush (``flush_delay_s``) runs after the receive loop and
+        before the handler returns, so after ``stop`` the close goes out only once the last
+        chunk is in storage. The registration goes when the loop ends, so a reconnect after
+        the end of a stream gets 4000 however long the flush takes.
         """
-        received = 0
-        code = NO_STATUS
+        pending = bytearray()  # this connection's partial chunk: in storage only when full, or at the flush
+        code = DROPPED  # if reading fails
         keep_registration = False
+        flushed = False
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    code = int(message.get("code") or NO_STATUS)
-                    break
-                audio_bytes, stopped = self._frame(session, message)
-                received += audio_bytes
-                if drop is not None and received >= drop.after_bytes:
-                    code, keep_registration = DROPPED, drop.keep_registration
-                    break
-                if stopped:
-                    code = NORMAL_CLOSE
-                    break
+            code, ending = await self._read(websocket, session, pending, drop)
+            keep_registration = ending == "drop" and drop is not None and drop.keep_registration
+            if not keep_registration:
+                self._store.unregister_stream(stream_id)
+            if ending == "drop":
+                await _close(websocket, DROPPED, "emulator fault: stream dropped")
+            client_code: int | None = None  # set when a client closes during the flush after its stop
+            if ending == "stop":
+                client_code = await self._flush_delay_watching(websocket, session)
+                code = NORMAL_CLOSE if client_code is None else client_code
+            else:
+                await asyncio.sleep(self._flush_delay_s)  # encode + upload of the last chunk takes real time
+            self._flush(session, stream_id, pending, code)
+            flushed = True
+            if ending == "stop" and client_code is None:  # else the WebSocket layer already answered the client
+                closing = time.monotonic()
+                if await _close(websocket, NORMAL_CLOSE):
+                    session.server_closed_at = closing
+                    self._changes.notify()
         finally:
-            self._finalize(session, stream_id, keep_registration=keep_registration)
-        if code == DROPPED:
-            await _close(websocket, DROPPED, "emulator fault: stream dropped")
-        elif code == NORMAL_CLOSE:
-            await _close(websocket, NORMAL_CLOSE)
+            if not flushed:  # reading failed, or the server is shutting down: flush now, without the wait
+                if not keep_registration:
+                    self._store.unregister_stream(stream_id)
+                self._flush(session, stream_id, pending, code)
         return code
 
-    def _frame(self, session: EmulatedSession, message: Message) -> tuple[int, bool]:
+    async def _flush_delay_watching(self, websocket: WebSocket, session: EmulatedSession) -> int | None:
+        """Wait out the flush after a stop; returns the client's close code if it closed meanwhile.
+
+        The WebSocket layer answers a client's close at once, whatever the handler is doing;
+        then there is no close left to send, and ``server_closed_at`` stays None. Frames
+        sent after ``stop`` are read only to notice that, and dropped (OSS stops reading).
+        """
+        watcher = asyncio.ensure_future(self._until_disconnect(websocket, session))
+        try:
+            await asyncio.sleep(self._flush_delay_s)  # encode + upload of the last chunk takes real time
+            await asyncio.sleep(0)  # let the watcher take a disconnect that is already queued
+            if not watcher.done():
+                return None
+            if watcher.cancelled() or watcher.exception() is not None:
+                return NO_STATUS  # a failed read: the client is gone all the same
+            return watcher.result()
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _until_disconnect(self, websocket: WebSocket, session: EmulatedSession) -> int:
+        while (message := await websocket.receive())["type"] != "websocket.disconnect":
+            session.frames_after_stop += 1
+            self._changes.notify()
+        return int(message.get("code") or NO_STATUS)
+
+    async def _read(
+        self, websocket: WebSocket, session: EmulatedSession, pending: bytearray, drop: StreamDrop | None
+    ) -> tuple[int, str]:
+        """The receive loop; returns the close code and how it ended: "stop", "disconnect" or "drop"."""
+        received = 0
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code") or NO_STATUS), "disconnect"  # the client's code
+            audio_bytes, stopped = self._frame(session, pending, message)
+            received += audio_bytes
+            if drop is not None and received >= drop.after_bytes:
+                return DROPPED, "drop"
+            if stopped:
+                return NORMAL_CLOSE, "stop"
+
+    def _frame(self, session: EmulatedSession, pending: bytearray, message: Message) -> tuple[int, bool]:
         """Apply one frame; returns (audio bytes it carried, whether it was ``stop``)."""
         data = message.get("bytes")
         if data is not None:
             self._wire_mode(session, "binary")
-            return self._append(session, data), False
+            return self._append(session, pending, data), False
         text = message.get("text")
         if text is None:
             return 0, False
-        self._wire_mode(session, "json")
         try:
             envelope = json.loads(text)
         except ValueError:
             envelope = None
+        event = envelope.get("event") if isinstance(envelope, dict) else None
+        if event != "stop":  # binary audio ended by a text stop is one mode (Eka's SDK does exactly that)
+            self._wire_mode(session, "json")
         if not isinstance(envelope, dict):
             session.ignored_frames += 1  # OSS ignores text that is not a JSON object
             return 0, False
-        event = envelope.get("event")
         if event == "media":
             pcm = _media_payload(envelope)
             if not pcm:
                 session.ignored_frames += 1  # empty or undecodable payload
-            return self._append(session, pcm), False
+            return self._append(session, pending, pcm), False
         if event == "start":
             self._start(session, envelope)
         elif event == "stop":
             reason = envelope.get("reason")
             session.stop_received = True
             session.stop_reason = reason if isinstance(reason, str) else None
+            self._changes.notify()
             return 0, True
         else:
             session.ignored_frames += 1  # unknown events are ignored
@@ -191,53 +252,43 @@ class StreamEndpoint:
             return
         session.sample_rate = rate
 
-    def _append(self, session: EmulatedSession, pcm: bytes) -> int:
+    def _append(self, session: EmulatedSession, pending: bytearray, pcm: bytes) -> int:
+        """Received audio joins the connection's partial chunk; each full chunk goes to storage."""
         if not pcm:
             return 0  # OSS ignores empty media payloads
         session.audio.extend(pcm)
         if self._record_arrivals:
             session.arrivals.append((time.monotonic(), len(session.audio)))
-        self._write_wav(session, pcm)
+        pending.extend(pcm)
+        chunk_bytes = max(1, round(self._chunk_s * session.sample_rate)) * BYTES_PER_SAMPLE
+        while len(pending) >= chunk_bytes:
+            self._storage.write_chunk(session, bytes(pending[:chunk_bytes]), final=False)
+            del pending[:chunk_bytes]
         self._changes.notify()
         return len(pcm)
 
-    def _write_wav(self, session: EmulatedSession, pcm: bytes) -> None:
-        """Synchronous writes: small, and they keep the file in frame order."""
-        if self._audio_dir is None:
-            return
-        if session.session_id not in self._sinks:
-            path = self._audio_dir / f"{_file_stem(session.session_id)}.wav"
-            self._sinks[session.session_id] = WavSink(path)
-        sink = self._sinks[session.session_id]
-        if sink is None:
-            return  # writing failed earlier; the audio is still in session.audio
-        try:
-            sink.write(pcm, session.sample_rate)
-        except OSError as exc:
-            self._log.error("wav_write_failed", session_id=session.session_id, path=str(sink.path), error=str(exc))
-            sink.close()
-            self._sinks[session.session_id] = None
-            return
-        session.wav_path = sink.path
-
-    def _finalize(self, session: EmulatedSession, stream_id: str, *, keep_registration: bool) -> None:
-        """Flush: record the close, drop the registration (so a reconnect gets 4000), close the WAV."""
+    def _flush(self, session: EmulatedSession, stream_id: str, pending: bytearray, code: int) -> None:
+        """The connection's final flush: its partial chunk (if any) goes to storage, then it counts as closed."""
+        flushed_bytes = len(pending)
+        self._storage.write_chunk(session, bytes(pending), final=True)
+        pending.clear()
+        now = time.monotonic()
+        session.flushed_at = now
+        session.stream_closed_at = now
         session.open_streams -= 1
-        session.stream_closed_at = time.monotonic()
-        if not keep_registration:
-            self._store.unregister_stream(stream_id)
-        if session.open_streams == 0 and self._store.by_stream(stream_id) is None:
-            sink = self._sinks.pop(session.session_id, None)
-            if sink is not None:
-                sink.close()
         self._log.info(
             "stream_finished",
             session_id=session.session_id,
             stream_id=stream_id,
-            audio_seconds=round(session.audio_seconds, 2),
+            code=code,
+            flushed_seconds=round(session.seconds(flushed_bytes), 3),
+            received_seconds=round(session.audio_seconds, 2),
+            stored_seconds=round(session.stored_seconds, 2),
+            stored_chunks=len(session.stored_chunk_sizes),
             sample_rate=session.sample_rate,
             wire_mode=session.wire_mode,
             stop=session.stop_received,
+            ended_before_flush=session.ended_at is not None,
             wav=str(session.wav_path) if session.wav_path else None,
         )
         self._changes.notify()
@@ -253,20 +304,14 @@ class StreamEndpoint:
         except RuntimeError:  # the server lacks the denial-response extension: plain 403
             await websocket.close()
 
-    def close_all(self) -> None:
-        """Close every open WAV (at shutdown) so the headers are final."""
-        for sink in self._sinks.values():
-            if sink is not None:
-                sink.close()
-        self._sinks.clear()
 
-
-async def _close(websocket: WebSocket, code: int, reason: str = "") -> None:
-    """Close unless the client got there first (then the server's close cannot be sent)."""
+async def _close(websocket: WebSocket, code: int, reason: str = "") -> bool:
+    """Close unless the client got there first (then the server's close cannot be sent); True if sent."""
     try:
         await websocket.close(code, reason)
-    except (RuntimeError, OSError):
-        pass
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        return False
+    return True
 
 
 def _media_payload(envelope: dict[str, Any]) -> bytes:
@@ -278,8 +323,3 @@ def _media_payload(envelope: dict[str, Any]) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         return b""
-
-
-def _file_stem(session_id: str) -> str:
-    """Client-chosen session ids become file names: keep them inside ``audio_dir``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", session_id)
