@@ -241,6 +241,9 @@ class Call:
             return
         self.media_frames += 1
         self.media_bytes += len(media.payload)
+        if not self.mixer.accepts(media.track):
+            self.mixer.push(media.track, media.timestamp_ms, media.payload)  # counted, nothing kept
+            return
         if media.chunk is not None:
             # Placement is by timestamp; chunk numbers only tell of trouble upstream. Whether
             # Twilio counts them per track or per stream is undocumented, so only a chunk that
@@ -601,6 +604,7 @@ class Call:
             "reordered_frames": sum(s.reordered_frames for s in stats),
             "chunk_regressions": self.chunk_regressions,
             "clock_discontinuities": sum(s.discontinuities for s in stats),
+            "ignored_track_frames": mixer.ignored_track_frames if mixer else 0,
             "limited_samples": mixer.limited_samples if mixer else 0,
             "dropped_bytes": self.outbox.dropped_bytes,
             "outbox_high_water_bytes": self.outbox.high_water_bytes,

@@ -172,12 +172,13 @@ def test_timestamps_jumping_and_going_far_back_are_counted_not_fatal() -> None:
     x = with_click(silence(2.0), 1500)
     frames = framed("inbound", x)
     frames.insert(30, ("inbound", 10, frames[0][2]))  # far back: dropped
-    frames.append(("inbound", 60_000, frames[5][2]))  # a jump of ~58 s: filled
+    frames.append(("inbound", 6_000, frames[5][2]))  # a jump of 4 s: filled
+    frames.append(("inbound", 66_000, frames[6][2]))  # then one of 60 s: re-anchored, not filled
     y, mixer = mix(frames, ["inbound"])
     track = mixer.tracks["inbound"]
     assert track.stats.late_frames == 1
-    assert track.stats.jumps == 1
-    assert len(y) == 2 * (60_000 * 8 + 160)
+    assert track.stats.jumps == 1 and track.stats.discontinuities == 1
+    assert len(y) == 2 * (6_000 * 8 + 2 * 160)
     assert abs(click_positions_ms(y, [1500])[0] - 1500) <= 1.0
 
 

@@ -21,6 +21,11 @@ the detector keeps listening rather than guess.
 One detector can serve a whole stream: the statistics are summed per frame, so
 interleaving the tracks is harmless, and one talking party then settles it for the
 other (a callee's track is silent while it rings).
+
+The caller holds every frame until the decision, so the wait is bounded whatever the
+frames are: every byte fed counts as time (a frame too short to judge included), and a
+stream of many tiny frames is cut off by their count. Either bound ends in the documented
+order, "big".
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ SMOOTHNESS_MARGIN = 0.25
 MIN_SPEECH_LAG1 = 0.4
 #: Level gap (factor of RMS, 24 dB) that decides when smoothness cannot (very quiet audio).
 LEVEL_RATIO = 16.0
+#: Frames fed before it settles on the documented order whatever they held: each one is
+#: held by the caller (a few hundred bytes of overhead apiece, ~0.5 MB in all). The audio
+#: bound (``give_up_s``, 10 s) comes first for any frame of 5 ms or more, both tracks summed.
+MAX_HELD_FRAMES = 2000
 
 
 def decode_l16(payload: bytes, order: str) -> np.ndarray:
@@ -89,16 +98,33 @@ class ByteOrderDetector:
     included, all tracks summed), it settles on the vendor's documented order, "big", and
     says so. The bound is generous because silence decodes the same either way: deciding
     blind is only needed to stop waiting, and the sample call's patient starts at 2.7 s.
+    It settles the same way after ``max_frames`` frames, however short.
+
+    ``held_bytes`` and ``held_frames`` count what was fed while undecided: what the caller
+    holds. They stay under ``2 * give_up_samples + max_frames`` bytes plus the last frame,
+    and ``max_frames`` frames.
     """
 
-    def __init__(self, sample_rate: int, *, voiced_s: float = 1.0, give_up_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        voiced_s: float = 1.0,
+        give_up_s: float = 10.0,
+        max_frames: int = MAX_HELD_FRAMES,
+    ) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        if max_frames <= 0:
+            raise ValueError(f"max_frames must be > 0, got {max_frames}")
         self.sample_rate = sample_rate
         self.voiced_samples_needed = max(1, round(voiced_s * sample_rate))
         self.give_up_samples = max(self.voiced_samples_needed, round(give_up_s * sample_rate))
+        self.max_frames = max_frames
         self.decision: str | None = None
         self.evidence: dict[str, Any] = {}
+        self.held_bytes = 0
+        self.held_frames = 0
         self._stats = {order: _Stats() for order in ORDERS}
         self._fed_samples = 0
         self._voiced_samples = 0
@@ -109,9 +135,11 @@ class ByteOrderDetector:
         """Take one frame's payload; return the decision once made (and on every call after)."""
         if self.decision is not None:
             return self.decision
+        self.held_frames += 1
+        self.held_bytes += len(payload)
         usable = payload[: len(payload) - len(payload) % 2]
+        self._fed_samples += len(usable) // 2  # time passes for a frame too short to judge too
         if len(usable) >= 4:
-            self._fed_samples += len(usable) // 2
             readings = {order: l16_to_pcm16(usable, order).astype(np.float64) for order in ORDERS}
             centred = {order: x - x.mean() for order, x in readings.items()}
             quietest = min(float(np.sqrt(np.mean(c * c))) for c in centred.values())
@@ -130,6 +158,8 @@ class ByteOrderDetector:
         if self._fed_samples >= self.give_up_samples:
             reason = "no_speech" if self._voiced_samples == 0 else "inconclusive"
             return self._decide(DEFAULT_ORDER, f"fallback_{reason}")
+        if self.held_frames >= self.max_frames:
+            return self._decide(DEFAULT_ORDER, "fallback_frame_cap")
         return None
 
     def _judge(self) -> tuple[str, str] | None:
@@ -161,6 +191,7 @@ class ByteOrderDetector:
             "voiced_s": round(self._voiced_samples / self.sample_rate, 2),
             "fed_s": round(self._fed_samples / self.sample_rate, 2),
             "silent_frames": self._silent_frames,
+            "frames": self.held_frames,
         }
         for order, stats in self._stats.items():
             out[f"lag1_{order}"] = round(stats.autocorrelation, 3)

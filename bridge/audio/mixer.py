@@ -8,6 +8,12 @@ waiting behind it, or once the other track is that far ahead; a frame that
 arrives after its slot was filled, or repeats one already placed, is dropped.
 All of it is counted.
 
+Nothing on the wire may cost more than its own size. Only the documented track names
+become parties (at most two); a forward jump beyond a few seconds is a clock
+discontinuity, not a hole; a track's holes may add only so much silence over a call;
+a party that joins late joins at the present. Every other way of adding silence
+(a laggard brought up to the leader, the common end) follows audio that really arrived.
+
 Filling happens on the 8 kHz input side, so each resampler sees one continuous
 signal and every track's 16 kHz output stays sample-aligned with the others.
 
@@ -31,10 +37,24 @@ OUTPUT_RATE = 16000
 #: Timestamp jitter smaller than this is absorbed (frames are appended as they come).
 JITTER_TOLERANCE_MS = 10
 END_OF_TIME = 1 << 62
-#: A frame this far from where its track stands, either way, is a clock discontinuity (or
-#: hostile input), not a hole: the track's clock is re-anchored instead of filling hours of
-#: silence (or dropping every later frame as late). Real holes are far shorter.
-MAX_JUMP_MS = 60_000
+#: A frame this far ahead of where its track stands is a clock discontinuity (or hostile
+#: input), not a hole: the track's clock is re-anchored instead of synthesising silence. Real
+#: holes (network hiccups, a Vobiz reconnect within its 3 s grace) are shorter; this is also
+#: the most silence one message can make a track add (about 2.6 ms of CPU at 8 kHz).
+MAX_FORWARD_JUMP_MS = 5_000
+#: A frame this far behind is a clock reset, not a late frame: re-anchored rather than every
+#: later frame dropped as late. Dropping is cheap, so this one may be generous.
+MAX_BACKWARD_JUMP_MS = 60_000
+#: Silence a track's own holes may add over a whole call (24 holes of the largest kind).
+#: Beyond it a hole is closed (re-anchored, counted) instead of filled, so no stream of
+#: in-bound jumps adds more than ~60 ms of CPU per track. Silence that brings a laggard
+#: up to the other party is not counted here: that follows audio that really arrived.
+MAX_GAP_FILL_MS = 120_000
+#: Parties mixed in one call: the caller and the other end.
+MAX_TRACKS = 2
+#: ``media.track`` values Twilio (Media Streams) and Vobiz (``<Stream audioTrack>``) document.
+#: No other name becomes a party, announced or not: any string would otherwise be mixed.
+DOCUMENTED_TRACKS = ("inbound", "outbound")
 #: Mixed peaks above this level are bent by a soft knee instead of clipping.
 LIMITER_KNEE = 0.85 * 32767
 
@@ -67,13 +87,15 @@ class TrackStats:
     duplicate_frames: int = 0  # whole frames dropped: a frame for that slot was already waiting
     reordered_frames: int = 0  # frames that arrived before an earlier one and were put back in order
     jumps: int = 0  # holes in the timeline that were filled
-    discontinuities: int = 0  # timestamps beyond MAX_JUMP_MS: the track's clock was re-anchored
+    discontinuities: int = 0  # clock re-anchored: a jump beyond the bounds, or a hole past the fill budget
 
 
 class Track:
     """One party's audio: timeline position, frames waiting their turn, resampler, pending output."""
 
-    def __init__(self, name: str, input_rate: int, start_position: int, max_wait: int) -> None:
+    def __init__(
+        self, name: str, input_rate: int, start_position: int, max_wait: int, *, offset: int = 0
+    ) -> None:
         if input_rate not in (8000, 16000):
             raise ValueError(f"unsupported input rate {input_rate}")
         self.name = name
@@ -88,13 +110,17 @@ class Track:
         self._unrendered: list[np.ndarray] = []  # placed input samples not yet resampled
         self.stats = TrackStats()
         self.flushed = False
+        self._heard = False  # a frame with samples has been placed
         self._waiting: list[tuple[int, int, np.ndarray]] = []  # heap of (start, arrival, samples)
         self._waiting_starts: set[int] = set()
         self._waiting_samples = 0
         self._next_start = start_position  # where a frame without a timestamp goes
         self._arrivals = 0
-        self._max_jump = input_rate * MAX_JUMP_MS // 1000
-        self._offset = 0  # input samples subtracted from timestamps since the last re-anchoring
+        self._max_ahead = input_rate * MAX_FORWARD_JUMP_MS // 1000
+        self._max_behind = input_rate * MAX_BACKWARD_JUMP_MS // 1000
+        self._fill_left = input_rate * MAX_GAP_FILL_MS // 1000  # silence its own holes may still add
+        self._frontier = start_position  # end of the furthest frame placed or waiting
+        self._offset = offset  # input samples subtracted from timestamps since the last re-anchoring
 
     def place(self, timestamp_ms: int | None, samples: np.ndarray) -> None:
         """Put one frame on the timeline at its timestamp (or right after the previous one)."""
@@ -106,11 +132,19 @@ class Track:
             start = self._next_start
         else:
             start = timestamp_ms * self.input_rate // 1000 - self._offset
-        if abs(start - self.position) > self._max_jump:
+        if start - self.position > self._max_ahead or self.position - start > self._max_behind:
+            # Carry on right after the furthest audio received: nothing is filled, nothing
+            # received is overtaken.
             self.stats.discontinuities += 1
-            self._offset += start - self.position
-            start = self.position
+            self._offset += start - self._frontier
+            start = self._frontier
         self._next_start = start + len(samples)
+        if not self._heard:
+            self._heard = True
+            if 0 < start - self.position <= min(self.tolerance, self._fill_left) and not self._waiting:
+                # A track's first frame has no jitter to absorb: the time before it is silence
+                # (a party that joins late lands on its timestamp, to the sample).
+                self._fill(start - self.position)
         if start + len(samples) <= self.position + self.tolerance // 2:
             self.stats.late_frames += 1
             self.stats.trimmed_samples += len(samples)
@@ -127,6 +161,7 @@ class Track:
         heapq.heappush(self._waiting, (start, self._arrivals, samples))
         self._waiting_starts.add(start)
         self._waiting_samples += len(samples)
+        self._frontier = max(self._frontier, start + len(samples))
         self._play()
 
     def fill_to(self, position: int) -> None:
@@ -165,9 +200,10 @@ class Track:
                 forced = force_until is not None and start < force_until
                 if not forced and self._waiting_samples < self.max_wait:
                     return  # the frames for this hole may still arrive
-                self.stats.jumps += 1
-                self.stats.gap_filled_samples += gap
-                self._feed(np.zeros(gap, dtype=np.int16))
+                if gap > self._fill_left:
+                    self._close(gap)
+                else:
+                    self._fill(gap)
                 continue
             heapq.heappop(self._waiting)
             self._waiting_starts.discard(start)
@@ -180,8 +216,27 @@ class Track:
             self.stats.trimmed_samples += overlap
             self._feed(samples[overlap:])
 
+    def _fill(self, gap: int) -> None:
+        """Silence for a hole in this track's own timeline, charged to the call's fill budget."""
+        self._fill_left -= gap
+        self.stats.jumps += 1
+        self.stats.gap_filled_samples += gap
+        self._feed(np.zeros(gap, dtype=np.int16))
+
+    def _close(self, gap: int) -> None:
+        """The call's fill budget is spent: move every waiting frame ``gap`` earlier (a
+        re-anchoring) so the hole closes without silence. A uniform shift keeps the heap a heap."""
+        self.stats.discontinuities += 1
+        self._offset += gap
+        if self._next_start >= self.position + gap:  # the last frame placed is one of those waiting
+            self._next_start -= gap
+        self._frontier -= gap
+        self._waiting = [(start - gap, arrival, samples) for start, arrival, samples in self._waiting]
+        self._waiting_starts = {start - gap for start in self._waiting_starts}
+
     def _feed(self, samples: np.ndarray) -> None:
         self.position += len(samples)
+        self._frontier = max(self._frontier, self.position)
         self._unrendered.append(samples)
 
     def take(self, n: int) -> None:
@@ -192,6 +247,11 @@ class Track:
     def _append(self, out: np.ndarray) -> None:
         if len(out):
             self.pending = np.concatenate((self.pending, out)) if len(self.pending) else out
+
+    @property
+    def clock_offset(self) -> int:
+        """Input samples this track subtracts from timestamps (its re-anchorings so far)."""
+        return self._offset
 
     @property
     def gap_filled_ms(self) -> int:
@@ -209,6 +269,11 @@ class Mixer:
     With ``render_samples`` > 0, output is released in blocks: ``push`` returns nothing
     until every track has advanced a block (plus the resampler's delay, the first time)
     since the last release, so every release holds about a block of output.
+
+    The parties are the documented names ``tracks`` announces (``inbound`` if none), made at
+    the first frame; a documented name that was not announced joins when its first frame
+    comes, at the present (where the mix stands), while there is room for a party. A frame
+    for any other name is counted (``ignored_track_frames``) and costs nothing more.
     """
 
     def __init__(
@@ -225,28 +290,38 @@ class Mixer:
         self.input_rate = input_rate
         self.decode = decode
         self.max_wait = input_rate * max_wait_ms // 1000
-        self._expected = list(dict.fromkeys(tracks)) or ["inbound"]
+        announced = list(dict.fromkeys(tracks))
+        self._expected = [t for t in announced if t in DOCUMENTED_TRACKS][:MAX_TRACKS] or ["inbound"]
+        self.ignored_announced_tracks = sum(t not in self._expected for t in announced)  # beyond the parties
         self.tracks: dict[str, Track] = {}
-        self.unexpected_tracks: list[str] = []
+        self.unexpected_tracks: list[str] = []  # documented names that joined unannounced (at most two)
+        self.ignored_track_frames = 0  # frames for a name that is not (and cannot become) a party
         self._origin: int | None = None
+        self._mixed = 0  # output samples released so far: where the mix stands
         self.limited_samples = 0
         self.render_samples = max(render_samples, 0)
         self._next_release = 0  # input position at which the next block is due
 
+    def accepts(self, track: str) -> bool:
+        """Whether a frame of ``track`` would be mixed (a party, or a documented name with room)."""
+        if track in self.tracks:
+            return True
+        if self._origin is None and track in self._expected:
+            return True
+        parties = len(self.tracks) if self._origin is not None else len(self._expected)
+        return track in DOCUMENTED_TRACKS and parties < MAX_TRACKS
+
     def push(self, track: str, timestamp_ms: int | None, payload: bytes) -> np.ndarray:
         """Decode one frame of ``track`` and return the mixed 16 kHz samples now ready."""
-        samples = self.decode(payload)
-        if self._origin is None:
-            self._origin = 0 if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
-            for name in self._expected:
-                self.tracks[name] = self._new_track(name)
-            delay = self.tracks[self._expected[0]].resampler.delay_samples
-            self._next_release = self._origin + delay + self.render_samples
         current = self.tracks.get(track)
         if current is None:
-            # A track `start` did not announce: mix it in from here rather than drop it.
-            self.unexpected_tracks.append(track)
-            current = self.tracks[track] = self._new_track(track)
+            if not self.accepts(track):
+                self.ignored_track_frames += 1  # not decoded, no clock set, no party made
+                return _NOTHING
+            if self._origin is None:
+                self._begin(timestamp_ms)
+            current = self.tracks.get(track) or self._join(track)
+        samples = self.decode(payload)
         current.place(timestamp_ms, samples)
         horizon = current.position - self.max_wait
         for other in self.tracks.values():
@@ -279,15 +354,34 @@ class Mixer:
             t.flush()
         return self._emit()
 
-    def _new_track(self, name: str) -> Track:
-        assert self._origin is not None
-        return Track(name, self.input_rate, self._origin, self.max_wait)
+    def _begin(self, timestamp_ms: int | None) -> None:
+        """The first frame of the call: it fixes the origin; the announced parties start there."""
+        origin = 0 if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
+        self._origin = origin
+        for name in self._expected:
+            self.tracks[name] = Track(name, self.input_rate, origin, self.max_wait)
+        delay = self.tracks[self._expected[0]].resampler.delay_samples
+        self._next_release = origin + delay + self.render_samples
+
+    def _join(self, name: str) -> Track:
+        """A documented party `start` did not announce: mixed in from the present, the input
+        sample the next mixed output sample stands for. Every party's pending output begins
+        there, so the newcomer lines up, and only from there is it filled: never from the
+        call's origin (hours of silence at once). It reads timestamps on the clock as the
+        leading party has it (re-anchorings included): one clock serves every track."""
+        present = (self._origin or 0) + self._mixed * self.input_rate // OUTPUT_RATE
+        leader = max(self.tracks.values(), key=lambda t: t.position, default=None)
+        offset = leader.clock_offset if leader is not None else 0
+        self.unexpected_tracks.append(name)
+        track = self.tracks[name] = Track(name, self.input_rate, present, self.max_wait, offset=offset)
+        return track
 
     def _emit(self) -> np.ndarray:
         tracks = list(self.tracks.values())
         ready = min(len(t.pending) for t in tracks)
         if ready == 0:
             return _NOTHING
+        self._mixed += ready
         if len(tracks) == 1:
             (only,) = tracks
             out = to_int16(only.pending[:ready])
