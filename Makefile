@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Tests wait on sockets and timers far more than on the CPU: four workers on two cores.
+TEST_WORKERS ?= 4
 
 .PHONY: install run test bench bench-load clean
 
@@ -19,7 +21,7 @@ run: install
 	$(BIN)/bridge serve --dev --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(BIN)/python -m bench.fidelity
