@@ -22,8 +22,10 @@ Each run: calls start at ``--ramp-rate`` per second; once all stream, a steady w
 - send-schedule slip of the generator, its CPU and the load CPUs' busy share: whether the
   generator, not the server, was the limit.
 
-Over the whole run: audio frames sent vs received by EkaScribe (loss must be 0) and End Session
-latency (the generator's ``stop`` → the emulator receiving End).
+Over the whole run: audio frames sent vs *processed* by EkaScribe (loss must be 0), and End
+Session latency (the generator's ``stop`` → the emulator receiving End), split into the flush
+wait (``stop`` → the emulator closing the stream once its last chunk is in storage: it flushes
+1 s after the stream ends, like Eka's server takes real time) and End after that close.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Figures:
     frames_received: int | None = None
     calls_short: int | None = None  # calls whose audio did not all arrive
     end_latency_ms: tuple[float, float, float] | None = None
+    flush_wait_ms: tuple[float, float, float] | None = None  # stop → the server's close (flush done)
+    end_after_close_ms: tuple[float, float, float] | None = None  # the server's close → End received
     ends_missing: int | None = None
     failed_calls: int = 0
     generator_cpu_pct: float = math.nan
@@ -444,17 +448,23 @@ def _upstream_figures(figures: Figures, emulator_url: str, out: Path, window: tu
     (out.parent / "arrivals.json").write_text(json.dumps(sessions))  # for a look afterwards (--keep)
     received: dict[str, int] = {}
     for s in sessions:
-        received[s["call_sid"]] = received.get(s["call_sid"], 0) + s["audio_bytes"]
+        # What EkaScribe processed, not what merely arrived: an End that raced the flush loses audio.
+        received[s["call_sid"]] = received.get(s["call_sid"], 0) + (s["processed_bytes"] or 0)
     figures.frames_received = 0
     figures.calls_short = 0
     lags: list[float] = []
     ends: list[float] = []
+    flushes: list[float] = []
+    after_close: list[float] = []
     for s in sessions:
         if s["call_sid"] not in calls:
             continue
         i, call = calls[s["call_sid"]]
         if s["ended_at"] is not None and call["stop_at"] is not None:
             ends.append((s["ended_at"] - call["stop_at"]) * 1000)
+            if s["server_closed_at"] is not None:
+                flushes.append((s["server_closed_at"] - call["stop_at"]) * 1000)
+                after_close.append((s["ended_at"] - s["server_closed_at"]) * 1000)
         if window is not None:
             lags += delivery_lags_ms(s["arrivals"], sent[i], call["stop_at"] or math.inf, window)
     for sid, (i, call) in calls.items():
@@ -464,6 +474,8 @@ def _upstream_figures(figures: Figures, emulator_url: str, out: Path, window: tu
         figures.calls_short += got < expected
     figures.frames_sent = sum(c["frames_sent"] for _, c in calls.values())
     figures.end_latency_ms = triple(ends)
+    figures.flush_wait_ms = triple(flushes) if flushes else None
+    figures.end_after_close_ms = triple(after_close) if after_close else None
     figures.ends_missing = len(calls) - len(ends)
     figures.delivery_lag_ms = triple(lags) if lags else None
 
@@ -496,6 +508,8 @@ def report(runs: list[Figures], cpus: Cpus, out: Callable[[str], None] = print) 
         ("audio frames sent → received (20 ms)", lambda f: f"{f.frames_sent} → {_or_na(f.frames_received)}"),
         ("lost frames / short calls", lambda f: f"{_or_na(f.lost_frames)} / {_or_na(f.calls_short)}"),
         ("End Session after stop p50/p99/max (ms)", lambda f: _ms(f.end_latency_ms)),
+        ("  of which flush wait p50/p99/max (ms)", lambda f: _ms(f.flush_wait_ms)),
+        ("  of which End after close p50/p99/max (ms)", lambda f: _ms(f.end_after_close_ms)),
         ("failed calls", lambda f: f"{f.failed_calls}"),
         ("generator CPU (% of one core)", lambda f: f"{f.generator_cpu_pct:.1f}"),
         ("emulator CPU (% of one core)", lambda f: _or_na(f.emulator_cpu_pct, "{:.1f}")),

@@ -123,6 +123,10 @@ def test_a_tiny_load_run_loses_nothing(tmp_path: Path) -> None:
     assert not figures.errors and figures.failed_calls == 0
     assert figures.frames_sent == 3 * 200 and figures.lost_frames == 0 and figures.calls_short == 0
     assert figures.ends_missing == 0 and figures.end_latency_ms is not None
+    # End after stop is the server's flush (1 s in the emulator) plus End itself.
+    assert figures.flush_wait_ms is not None and figures.end_after_close_ms is not None
+    assert figures.flush_wait_ms[0] >= 900 and figures.end_after_close_ms[2] < figures.flush_wait_ms[0]
+    assert figures.end_latency_ms[0] >= figures.flush_wait_ms[0]
     assert figures.media_messages > 0 and figures.cpu_pct > 0 and figures.us_per_message > 0
     assert figures.delivery_lag_ms is not None and figures.passed
     # The lag model (which frame completed each batch) never puts an arrival before its cause.
