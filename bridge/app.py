@@ -24,7 +24,7 @@ from bridge.eka_webhook import PATH as EKA_WEBHOOK_PATH
 from bridge.eka_webhook import EkaWebhook
 from bridge.inline_ws import EXTENSION as INLINE_TEXT
 from bridge.front_door import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
-from bridge.limits import LIMIT_REACHED, StreamLimits
+from bridge.limits import LIMIT_REACHED, NO_START, StreamLimits
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
@@ -48,6 +48,10 @@ SHUTDOWN_GRACE_S = 30.0
 FINALIZE_MARGIN_S = 30.0
 #: Close code sent to a telephony socket that the bridge ends because it is shutting down.
 GOING_AWAY = 1001
+#: Close codes (RFC 6455) for a stream refused after it was accepted.
+POLICY_VIOLATION = 1008  # no ``start`` in time, or a second stream for a live call
+UNSUPPORTED_DATA = 1003  # a ``start`` whose format the audio path does not take
+REFUSAL_CLOSE_CODES = {"unsupported_format": UNSUPPORTED_DATA, "duplicate_call": POLICY_VIOLATION}
 
 
 @dataclass(frozen=True)
@@ -272,10 +276,7 @@ class Bridge:
                 continue
             websocket = self.calls.sockets.get(call)
             if websocket is not None:
-                try:
-                    await websocket.close(GOING_AWAY)
-                except RuntimeError:  # already closing
-                    pass
+                await close_quietly(websocket, GOING_AWAY)
         try:
             await self.calls.wait_idle(self.settings.finalize_budget_s + FINALIZE_MARGIN_S)
         except TimeoutError:
@@ -339,7 +340,11 @@ class Bridge:
         finally:
             self._admitting -= 1
         reason = "socket_closed"
-        limits = StreamLimits(media_idle_s=self.settings.media_idle_s, max_call_s=self.settings.max_call_s)
+        limits = StreamLimits(
+            media_idle_s=self.settings.media_idle_s,
+            max_call_s=self.settings.max_call_s,
+            start_timeout_s=self.settings.start_timeout_s,
+        )
 
         def media_now(text: str) -> bool:
             """A started call's media, applied as the server parses it (see bridge/inline_ws.py);
@@ -366,7 +371,9 @@ class Bridge:
                 if message["type"] == LIMIT_REACHED:
                     reason = message["reason"]
                     call.log.warning("call_limit_reached", reason=reason)
-                    await websocket.close(1000)
+                    if reason == NO_START:  # a socket that never says which call it is
+                        provider.reject("stream", NO_START, status=POLICY_VIOLATION, conn=websocket)
+                    await close_quietly(websocket, POLICY_VIOLATION if reason == NO_START else 1000)
                     break
                 if message["type"] == "websocket.disconnect":
                     if message.get("code") == 1009:  # the server refused a message over ws_max_bytes
@@ -380,9 +387,17 @@ class Bridge:
                 call = await self._handle(call, text, provider, websocket)
                 if call.media_frames != frames:
                     limits.media_seen()
+                if call.refused is not None:  # an unsupported format, or a call already live
+                    code = REFUSAL_CLOSE_CODES.get(call.refused, POLICY_VIOLATION)
+                    provider.reject("stream", call.refused, status=code, conn=websocket)
+                    await close_quietly(websocket, code, call.refused)
+                    reason = "refused"
+                    break
+                if call.start is not None:
+                    limits.started()
                 if call.stopped:
                     reason = "stop"
-                    await websocket.close(1000)
+                    await close_quietly(websocket, 1000)
                     break
         except WebSocketDisconnect:
             pass
@@ -429,6 +444,9 @@ class Bridge:
                 waiting.bad_messages.update(call.bad_messages)
                 waiting.resume(event)
                 return waiting
+            if waiting is not None:  # live on another socket: a second stream never opens a second session
+                call.refused = "duplicate_call"
+                return call
         self._apply(call, event)
         return call
 
@@ -456,10 +474,7 @@ class Bridge:
         websocket = self.calls.sockets.get(call)
         call.end_request = reason
         if websocket is not None:
-            try:
-                await websocket.close(1000)
-            except RuntimeError:  # already closing: the handler ends the call
-                pass
+            await close_quietly(websocket, 1000)  # if it is already closing, the handler ends the call
         return True
 
     def _spawn(self, work: Any) -> None:
@@ -468,14 +483,29 @@ class Bridge:
         task.add_done_callback(self._tasks.discard)
 
     async def _finish(self, call: Call, reason: str) -> None:
-        summary = await call.finish(reason)
-        self.rejections.update({f"message:{r}": n for r, n in summary["bad_messages"].items()})
-        self.metrics.call_finished(call.provider, summary)
-        await self.calls.done(call, summary)
+        """Finalize a call and release its slot, whatever happens on the way."""
+        summary: dict[str, Any] = {"end_reason": reason, "end_status": "error"}
+        try:
+            summary = await call.finish(reason)
+            self.rejections.update({f"message:{r}": n for r, n in (summary.get("bad_messages") or {}).items()})
+            self.metrics.call_finished(call.provider, summary)
+        except Exception:  # a bug: counted and logged, and the call still leaves the registry
+            self.rejections["call:finish_failed"] += 1
+            call.log.exception("call_finish_failed")
+        finally:
+            await self.calls.done(call, summary)
         if self.results is not None:  # its sessions are ended: follow them to their results
             self.results.wake()
         if self.delivery is not None:  # the call's results may all be in already
             self.delivery.wake()
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str = "") -> None:
+    """Close a telephony socket; one that is already closing or gone is not an error."""
+    try:
+        await websocket.close(code, reason)
+    except Exception:  # RuntimeError (closing), WebSocketDisconnect or OSError (gone)
+        pass
 
 
 async def refuse(websocket: WebSocket, status: int, reason: str) -> None:

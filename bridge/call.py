@@ -55,6 +55,10 @@ BYTES_PER_SECOND = OUTPUT_RATE * 2
 MAX_PARAM_CHARS = 256
 #: Per reason, log the first few protocol errors of a call; count them all.
 LOGGED_ERRORS_PER_REASON = 3
+#: Input rates the audio path takes (Twilio: 8 kHz μ-law; Vobiz: L16 at 8 or 16 kHz).
+SUPPORTED_RATES = (8000, 16000)
+#: Distinct unknown event names counted per call; more fold into "other".
+MAX_EVENT_NAMES = 16
 #: After a failed Create for a rollover, try again this much later (while the old session lasts).
 ROLLOVER_RETRY_S = 10.0
 
@@ -141,6 +145,8 @@ class Call:
         self.parts: list[SessionPart] = []
         self.relay: asyncio.Task[None] | None = None
         self.stopped = False
+        #: Why this socket must be closed at once (its ``start`` was refused), or None.
+        self.refused: str | None = None
         self.finished = False
         self.end_reason: str | None = None
         self.end_request: str | None = None  # set when the bridge itself ends the call (shutdown)
@@ -177,9 +183,10 @@ class Call:
         elif isinstance(event, (Mark, Dtmf, Connected)):
             self.ignored_events[type(event).__name__.lower()] += 1
         elif isinstance(event, Unknown):
-            self.ignored_events[event.event] += 1
-            if self.ignored_events[event.event] == 1:
-                self.log.info("stream_event_ignored", stream_event=event.event)
+            name = event.event if event.event in self.ignored_events or len(self.ignored_events) < MAX_EVENT_NAMES else "other"
+            self.ignored_events[name] += 1
+            if self.ignored_events[name] == 1:
+                self.log.info("stream_event_ignored", stream_event=name)
 
     def protocol_error(self, error: ProtocolError) -> None:
         """Bad input: counted, logged (a few per reason), never fatal."""
@@ -192,25 +199,28 @@ class Call:
             self.protocol_error(ProtocolError("duplicate_start", start.stream_id[:40]))
             return
         fmt = start.media_format
-        order = self.l16_byte_order
-        if is_l16(fmt) and order == "auto":
-            self._detector = ByteOrderDetector(fmt.sample_rate)
-            order = "big"  # replaced once the detector decides; nothing is decoded before that
-        try:
-            decode = decoder_for(fmt, order)
+        detect = is_l16(fmt) and self.l16_byte_order == "auto"
+        try:  # everything the format decides is built before any of it is kept
+            if fmt.sample_rate not in SUPPORTED_RATES:
+                raise ProtocolError("unsupported_format", f"{fmt.encoding} at {fmt.sample_rate} Hz")
+            # With detection, "big" is replaced once the detector decides; nothing is decoded before.
+            decode = decoder_for(fmt, "big" if detect else self.l16_byte_order)
             mixer = Mixer(
                 start.tracks,
-                start.media_format.sample_rate,
+                fmt.sample_rate,
                 decode,
                 max_wait_ms=self.settings.max_track_wait_ms,
                 # Resample and mix once per upstream batch, not once per 20 ms frame.
                 render_samples=fmt.sample_rate * self.settings.batch_ms // 1000,
             )
-        except (ProtocolError, ValueError) as exc:
-            self.protocol_error(ProtocolError("unsupported_format", str(exc)))
+            detector = ByteOrderDetector(fmt.sample_rate) if detect else None
+        except (ProtocolError, ValueError, ArithmeticError) as exc:
+            self.protocol_error(ProtocolError("unsupported_format", getattr(exc, "detail", "") or str(exc)))
+            self.refused = "unsupported_format"
             return
         self.start = start
         self.mixer = mixer
+        self._detector = detector
         self.stream_ids.append(start.stream_id)
         self.log = self.log.bind(call_sid=start.call_id, stream_sid=start.stream_id)
         self.log.info(
@@ -219,7 +229,6 @@ class Call:
             encoding=start.media_format.encoding,
             sample_rate=start.media_format.sample_rate,
         )
-        self.relay = asyncio.create_task(self._relay(), name=f"relay-{start.call_id}")
 
     def resume(self, start: StreamStart) -> None:
         """The provider reconnected (Vobiz: a new streamId, the same callId) within the grace
@@ -255,6 +264,10 @@ class Call:
                 self._last_chunk[media.track] = media.chunk
         if not media.payload:
             return
+        if self.relay is None and self.start is not None:
+            # The session is opened on the first audio, not on ``start``: a stream that ends
+            # with no audio costs Eka nothing. The outbox holds the audio meanwhile.
+            self.relay = asyncio.create_task(self._relay(), name=f"relay-{self.start.call_id}")
         if self._detector is not None:
             self._held.append(media)
             decision = self._detector.feed(media.payload)
@@ -266,7 +279,8 @@ class Call:
 
     def _decide_byte_order(self, order: str) -> None:
         """Decode every held frame (all tracks, in arrival order) with the order now known."""
-        assert self.mixer is not None and self._detector is not None
+        if self.mixer is None or self._detector is None:  # set together in _on_start, or neither
+            return
         self.log.info("l16_byte_order_detected", byte_order=order, evidence=self._detector.evidence)
         self._detector = None
         self.mixer.decode = decoder_for(MediaFormat("audio/x-l16", self.mixer.input_rate), order)
@@ -303,7 +317,11 @@ class Call:
         finally:
             for p in self.parts:
                 self._retire(p, None)
-            await asyncio.gather(*(p.end_task for p in self.parts if p.end_task))
+            outcomes = await asyncio.gather(*(p.end_task for p in self.parts if p.end_task), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):  # a bug: the others still finished; say which
+                    self._fail("end_session", type(outcome).__name__)
+                    self.log.error("session_finish_crashed", error=type(outcome).__name__)
 
     async def _open_first_part(self) -> SessionPart | None:
         try:
@@ -558,16 +576,23 @@ class Call:
     # -- 3. the end of the call (exactly once, on every path) ------------------------------
 
     async def finish(self, reason: str) -> dict[str, Any]:
-        """Flush, let the relay drain and End the session, then log the call's summary."""
+        """Flush, let the relay drain and End every session, then log the call's summary.
+
+        Total: whatever state hostile input left the call in, this returns a summary, and every
+        session opened is still finished and ended. A failing step is logged and counted."""
         if self.finished:
             raise RuntimeError("Call.finish() called twice")
         self.finished = True
         self.end_reason = reason
         self._ended_at = time.monotonic()
-        if self._detector is not None:  # the call ended before the audio said: the documented order
-            self._decide_byte_order("big")
-        if self.mixer is not None:
-            self._queue(self.mixer.flush())
+        try:
+            if self._detector is not None:  # the call ended before the audio said: the documented order
+                self._decide_byte_order("big")
+            if self.mixer is not None:
+                self._queue(self.mixer.flush())
+        except Exception as exc:  # a bug: the audio already queued still goes to Eka
+            self._fail("flush", type(exc).__name__)
+            self.log.exception("flush_failed")
         self.outbox.close()
         if self.relay is not None:
             try:
@@ -575,16 +600,27 @@ class Call:
             except Exception as exc:  # a bug, not an Eka failure: still summarise the call
                 self._fail("relay", type(exc).__name__)
                 self.log.exception("relay_crashed")
-        self._report(0, None)  # frames that arrived after the last batch
         if self.start is None:
             self.end_status = "no_start"
+        elif self.relay is None:
+            self.end_status = "no_audio"  # no session was opened: nothing to end
         elif self.parts:
             statuses = {p.end_status for p in self.parts}
             self.end_status = "end_pending" if statuses - {"ended", "already_ended", "gone"} else "ended"
-        summary = self.summary()
+        try:
+            self._report(0, None)  # frames that arrived after the last batch
+            summary = self.summary()
+        except Exception as exc:
+            self.log.exception("summary_failed")
+            summary = {"end_reason": reason, "end_status": self.end_status, "failure": f"summary: {type(exc).__name__}"}
         self.log.info("call_summary", **summary)
         if self.ledger is not None and self.start is not None:
-            await self.ledger.call_finished(self.start.call_id, summary)
+            try:
+                if self.relay is None:  # the relay records a call as it opens its session
+                    await self.ledger.call_started(self.start.call_id, self.provider)
+                await self.ledger.call_finished(self.start.call_id, summary)
+            except Exception:
+                self.log.exception("ledger_write_failed")
         return summary
 
     def summary(self) -> dict[str, Any]:

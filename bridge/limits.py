@@ -1,4 +1,5 @@
-"""Time limits of one telephony socket: no media for ``media_idle_s``, or longer than ``max_call_s``.
+"""Time limits of one telephony socket: no ``start`` within ``start_timeout_s``, no media for
+``media_idle_s``, or longer than ``max_call_s``.
 
 Twilio sends media continuously while a call is up (silence included), so a stream with no
 media for a while is a call whose end never reached us; a stream that runs for hours is a
@@ -13,6 +14,7 @@ from typing import Any
 
 IDLE_TIMEOUT = "idle_timeout"
 MAX_DURATION = "max_duration"
+NO_START = "no_start"  # a socket that never said which call it carries holds a slot for nothing
 #: The message type ``StreamLimits.receive`` returns when a limit is reached.
 LIMIT_REACHED = "bridge.limit_reached"
 
@@ -22,11 +24,12 @@ class StreamLimits:
     (``media_seen`` stores a float). When a limit falls due the timer cancels the pending
     ``receive``, which then returns ``{"type": LIMIT_REACHED, "reason": …}``."""
 
-    def __init__(self, *, media_idle_s: float, max_call_s: float) -> None:
+    def __init__(self, *, media_idle_s: float, max_call_s: float, start_timeout_s: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
         self.media_idle_s = media_idle_s
         self.ends_at = now + max_call_s
+        self.start_by = None if start_timeout_s is None else now + start_timeout_s
         self.last_media_at = now
         self.reached: str | None = None
         self._task = asyncio.current_task()
@@ -37,10 +40,17 @@ class StreamLimits:
     def media_seen(self) -> None:
         self.last_media_at = self._loop.time()
 
+    def started(self) -> None:
+        """The stream's ``start`` came: the start limit no longer applies."""
+        self.start_by = None
+
     def next_limit(self) -> tuple[float, str]:
         """When the next limit falls due (loop time), and which."""
         idle_at = self.last_media_at + self.media_idle_s
-        return (idle_at, IDLE_TIMEOUT) if idle_at < self.ends_at else (self.ends_at, MAX_DURATION)
+        due = (idle_at, IDLE_TIMEOUT) if idle_at < self.ends_at else (self.ends_at, MAX_DURATION)
+        if self.start_by is not None and self.start_by < due[0]:
+            return self.start_by, NO_START
+        return due
 
     def _check(self) -> None:
         at, reason = self.next_limit()

@@ -1,14 +1,32 @@
-"""Provider-neutral stream events, what the call flow consumes."""
+"""Provider-neutral stream events, what the call flow consumes.
+
+Every string here came off the wire. The events that are kept (a call's ``start``, an
+unknown event's name) cut theirs to the bounds below as they are made, in this one place for
+every provider, so nothing hostile is logged, stored or sent to Eka at full length.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+#: Call, stream and account ids: Twilio's SIDs are 34 characters, Vobiz's UUIDs 36.
+MAX_ID_CHARS = 64
+#: Names in ``start``'s track list (the documented ones are ``inbound`` and ``outbound``).
+MAX_LISTED_TRACKS = 4
+MAX_TRACK_CHARS = 32
+#: Custom parameters kept from ``start`` (only allow-listed ones reach Eka, cut again there).
+MAX_PARAMS = 64
+MAX_PARAM_KEY_CHARS = 64
+MAX_PARAM_VALUE_CHARS = 256
+#: Encoding names, event names and error details.
+MAX_LABEL_CHARS = 40
 
 
 class ProtocolError(ValueError):
     """A provider message that cannot be understood; the call goes on, the message is counted."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        detail = detail[:MAX_LABEL_CHARS]
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason  # short, stable, safe to log and to use as a counter label
         self.detail = detail
@@ -34,6 +52,18 @@ class StreamStart:
     tracks: tuple[str, ...]
     media_format: MediaFormat
     custom_parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cut = object.__setattr__  # frozen: the bounds apply once, as the event is made
+        cut(self, "call_id", self.call_id[:MAX_ID_CHARS])
+        cut(self, "stream_id", self.stream_id[:MAX_ID_CHARS])
+        cut(self, "account_id", self.account_id[:MAX_ID_CHARS])
+        cut(self, "tracks", tuple(t[:MAX_TRACK_CHARS] for t in self.tracks[:MAX_LISTED_TRACKS]))
+        fmt = self.media_format
+        if len(fmt.encoding) > MAX_LABEL_CHARS:
+            cut(self, "media_format", MediaFormat(fmt.encoding[:MAX_LABEL_CHARS], fmt.sample_rate, fmt.channels))
+        params = list(self.custom_parameters.items())[:MAX_PARAMS]
+        cut(self, "custom_parameters", {k[:MAX_PARAM_KEY_CHARS]: v[:MAX_PARAM_VALUE_CHARS] for k, v in params})
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,9 @@ class Unknown:
     """A well-formed message with an event we do not handle; tolerated and counted."""
 
     event: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "event", self.event[:MAX_LABEL_CHARS])
 
 
 StreamEvent = Connected | StreamStart | Media | Mark | Dtmf | StreamStop | Unknown

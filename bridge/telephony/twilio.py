@@ -12,6 +12,8 @@ from typing import Any
 
 from bridge.telephony import envelope
 from bridge.telephony.events import (
+    MAX_LISTED_TRACKS,
+    MAX_PARAMS,
     Connected,
     Dtmf,
     Mark,
@@ -76,12 +78,13 @@ def _start(msg: dict[str, Any]) -> StreamStart:
     if not isinstance(tracks, list) or not tracks:
         tracks = ["inbound"]
     params = body.get("customParameters")
-    custom = {str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {}
+    items = list(params.items())[:MAX_PARAMS] if isinstance(params, dict) else []  # bounded before any copy
+    custom = {str(k): str(v) for k, v in items}
     return StreamStart(
         call_id=call_sid,
         stream_id=stream_sid,
         account_id=str(body.get("accountSid", "")),
-        tracks=tuple(str(t) for t in tracks),
+        tracks=tuple(str(t) for t in tracks[:MAX_LISTED_TRACKS]),
         media_format=media_format,
         custom_parameters=custom,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from bridge.telephony import envelope
 from bridge.telephony.events import (
+    MAX_LISTED_TRACKS,
     Dtmf,
     Media,
     MediaFormat,
@@ -131,8 +132,8 @@ def _start(msg: dict[str, Any]) -> StreamStart:
 
 def _tracks(body: dict[str, Any]) -> tuple[str, ...]:
     tracks = body.get("tracks")
-    if isinstance(tracks, list) and tracks and all(isinstance(t, str) and t for t in tracks):
-        return tuple(tracks)
+    if isinstance(tracks, list) and tracks and all(isinstance(t, str) and t for t in tracks[:MAX_LISTED_TRACKS]):
+        return tuple(tracks[:MAX_LISTED_TRACKS])
     audio_track = body.get("audioTrack")  # older flat shape: the <Stream audioTrack> value
     if audio_track == "both":
         return ("inbound", "outbound")
