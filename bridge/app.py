@@ -33,6 +33,7 @@ from bridge.ledger import Ledger
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.metrics import Metrics
 from bridge.records import CallRecords
+from bridge.request_timeout import RequestTimeoutProtocol
 from bridge.registry import CallRegistry
 from bridge.results import LONG_POLL_TIMEOUT_S, ResultPoller
 from bridge.sweeper import Sweeper
@@ -291,6 +292,15 @@ class Bridge:
             await self.calls.wait_idle(SHUTDOWN_GRACE_S)
         except TimeoutError:
             self.log.error("shutdown_left_calls_open", active=len(self.calls.active))
+
+    def http_protocol(self) -> type[RequestTimeoutProtocol]:
+        """uvicorn's HTTP protocol for this bridge: a request must arrive within
+        ``BRIDGE_REQUEST_TIMEOUT_S``; slower ones are closed and counted (``http:request_timeout``)."""
+
+        def count() -> None:
+            self.rejections["http:request_timeout"] += 1
+
+        return RequestTimeoutProtocol.with_timeout(self.settings.request_timeout_s, count)
 
     async def healthz(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "active_calls": len(self.calls.active)})

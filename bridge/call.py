@@ -1,17 +1,20 @@
-"""One phone call, top to bottom: telephony events in, one finalized EkaScribe session out.
+"""One phone call, top to bottom: telephony events in, finalized EkaScribe sessions out.
 
 The flow:
 
 1. ``handle`` takes each provider-neutral event from the telephony socket. It
    never waits on EkaScribe: audio is decoded, placed on the per-track
    timelines, mixed, and put in a bounded outbox.
-2. On ``start`` a background relay creates the Eka session, connects to its
+2. On the first audio a background relay creates the Eka session, connects to its
    ``upload_url`` and sends the outbox in ~100 ms batches. Audio that arrives
-   before the upstream is ready waits in the outbox.
+   before the upstream is ready waits in the outbox. Before a session expires the
+   relay moves the call to a new one (a rollover); after a lost socket, to a
+   continuation.
 3. ``finish`` runs exactly once, however the call ends (``stop``, the socket
    closing, an error): it flushes the resampler tails into the outbox and closes
-   it; the relay then drains it, closes the stream socket, waits for the close,
-   and calls End Session exactly once.
+   it; the relay then drains it, sends ``stop``, waits for EkaScribe to close the
+   socket (its last chunk is then in storage), and calls End Session exactly once
+   per session.
 """
 
 from __future__ import annotations

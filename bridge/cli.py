@@ -87,6 +87,7 @@ def serve_command(args: argparse.Namespace) -> int:
         bridge.app,
         host=args.host,
         port=args.port,
+        http=bridge.http_protocol(),  # a request must arrive in BRIDGE_REQUEST_TIMEOUT_S
         ws=InlineTextProtocol,  # media messages skip the ASGI queue (bridge/inline_ws.py)
         ws_per_message_deflate=False,  # μ-law in base64 barely deflates; zlib state is ~90 KB a socket
         ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009

@@ -82,6 +82,7 @@ class Settings:
     max_call_s: float = 4 * 3600.0
     media_idle_s: float = 30.0
     start_timeout_s: float = 5.0
+    request_timeout_s: float = 10.0
     vobiz_auth_token: str | None = None
     vobiz_stream_token: str | None = None
     vobiz_reconnect_grace_s: float = 3.0
@@ -159,6 +160,7 @@ class Settings:
             max_call_s=r.number("BRIDGE_MAX_CALL_S", 4 * 3600.0, 1, 86400),
             media_idle_s=r.number("BRIDGE_MEDIA_IDLE_S", 30.0, 0.1, 3600),
             start_timeout_s=r.number("BRIDGE_START_TIMEOUT_S", 5.0, 0.1, 600),
+            request_timeout_s=r.number("BRIDGE_REQUEST_TIMEOUT_S", 10.0, 0.5, 600),
             vobiz_auth_token=r.text("VOBIZ_AUTH_TOKEN"),
             vobiz_stream_token=r.token("VOBIZ_STREAM_TOKEN"),
             vobiz_reconnect_grace_s=r.number("VOBIZ_RECONNECT_GRACE_S", 3.0, 0, 600),

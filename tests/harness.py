@@ -106,7 +106,9 @@ async def running(
     async with serve(emulator.app) as eka_url:
         settings.setdefault("ledger_path", str(tmp_path / "ledger.db"))
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
-        async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes) as bridge_url:
+        async with serve(
+            bridge.app, ws_max_size=bridge.settings.ws_max_bytes, http=bridge.http_protocol()
+        ) as bridge_url:
             yield Harness(emulator, bridge, eka_url, bridge_url, logs)
 
 
@@ -114,7 +116,7 @@ async def running(
 async def bridge_running(eka_url: str, logs: LogCapture, **settings: Any) -> AsyncIterator[tuple[Bridge, str]]:
     """One more bridge against an emulator already running (e.g. two in sequence on one ledger)."""
     bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
-    async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes) as bridge_url:
+    async with serve(bridge.app, ws_max_size=bridge.settings.ws_max_bytes, http=bridge.http_protocol()) as bridge_url:
         async with httpx.AsyncClient(timeout=10) as http:  # answered once its start-up has run
             (await http.get(bridge_url + "/healthz")).raise_for_status()
         yield bridge, bridge_url

@@ -13,7 +13,7 @@ from bridge.inline_ws import InlineTextProtocol
 
 
 @asynccontextmanager
-async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
+async def serve(app, *, ws_max_size: int = 1 << 20, http: type | str = "auto") -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1:<ephemeral>; yields its ``http://`` base URL.
 
     The socket is bound and listening before the server task starts, so clients
@@ -28,6 +28,7 @@ async def serve(app, *, ws_max_size: int = 1 << 20) -> AsyncIterator[str]:
         app,
         log_level="warning",
         lifespan="on",
+        http=http,
         ws=InlineTextProtocol,  # as `bridge serve` runs
         ws_per_message_deflate=False,  # μ-law in base64 barely deflates; zlib state is ~90 KB a socket
         ws_max_size=ws_max_size,

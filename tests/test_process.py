@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -199,3 +200,43 @@ async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path:
     assert_processed_whole(session, flushed_on_stop=False)
     assert session.session_id in swept and '"orphan": true' in swept
     assert code == 0
+
+
+async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path: Path) -> None:
+    """The attack that once leaked a slot per socket and made the process unkillable: Vobiz L16
+    at 44.1 kHz with byte-order detection. Refused (1003), no session, the slot released; a
+    live call meanwhile; then SIGTERM twice exits within the finish budget."""
+    from bridge.simulator.vobiz import VobizCall
+    from bridge.simulator.vobiz import plan_messages as vobiz_plan
+
+    async with emulator_running(tmp_path) as (emulator, eka_url):
+        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_FLUSH_SETTLE_S="1")
+        try:
+            vobiz_url = f"ws://127.0.0.1:{bridge.port}/vobiz/stream"
+            for _ in range(5):
+                plan = vobiz_plan(VobizCall(), np.zeros(8000, dtype=np.int16), content_type="audio/x-l16;rate=16000")
+                plan[0][1]["start"]["mediaFormat"]["sampleRate"] = 44100  # what the simulator will not send
+                result = await replay(vobiz_url, plan, pace=1000)
+                assert result.close_code == 1003
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"http://127.0.0.1:{bridge.port}/healthz")).json()
+            assert health["active_calls"] == 0  # every refused socket released its slot
+
+            calling = asyncio.create_task(
+                replay(bridge.stream_url, plan_messages(TwilioCall(), ulaw_call(20.0)), pace=1.0, auth_token=TWILIO_TOKEN)
+            )
+            await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
+            began = time.monotonic()
+            bridge.proc.send_signal(signal.SIGTERM)
+            await bridge.wait_for_line(lambda line: "draining calls" in line, 10)
+            bridge.proc.send_signal(signal.SIGTERM)
+            code = await bridge.exit_code(30)
+            exited_after = time.monotonic() - began
+            await asyncio.wait_for(calling, 10)
+        finally:
+            bridge.kill()
+        (session,) = emulator.sessions.values()
+
+    assert code == 0 and exited_after < 10  # the flush (1 s) and End, not a drain or a hang
+    assert_processed_whole(session)
+    assert any('"reason": "unsupported_format"' in line for line in bridge.lines)
