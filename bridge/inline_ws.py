@@ -47,6 +47,23 @@ class InlineTextProtocol(WebSocketsSansIOProtocol):
     def _register(self, handler: InlineHandler | None) -> None:
         self._inline = handler
 
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn's, except that the messages parsed before a protocol error (a message over
+        the size cap, say) still reach the app, ahead of the disconnect: a ``start`` that came in
+        the same read as an oversized message is not silently lost."""
+        self.conn.receive_data(data)
+        if self.conn.parser_exc is not None and self.handshake_complete:
+            self.handle_events()
+            self.handle_parser_exception()
+            return
+        if self.conn.parser_exc is not None:
+            self.handle_parser_exception()
+            return
+        if self.conn.handshake_exc is not None and not self.handshake_initiated:
+            self.handle_handshake_exception()
+            return
+        self.handle_events()
+
     def send_receive_event_to_app(self) -> None:
         handler = self._inline
         if (

@@ -317,3 +317,20 @@ async def test_any_sequence_of_events_finishes_releases_and_stays_bounded(tmp_pa
 
     for session in h.emulator.sessions.values():
         assert session.end_calls == 1
+
+
+async def test_a_start_in_the_same_read_as_an_oversized_message_is_not_lost(tmp_path: Path) -> None:
+    async with running(tmp_path, emulator_options=QUICK_FLUSH, ws_max_bytes=4096) as h:
+        call = TwilioCall()
+        connected, start = twilio_messages(call)[:2]
+        oversized = json.dumps({"event": "media", "pad": "x" * 5000})
+        plan = [(0.0, connected), (0.0, start), (0.0, oversized)]
+        result = await replay(h.twilio_url, plan, pace=1000, close_after=False, server_close_timeout=5)
+        (summary,) = await h.bridge.calls.wait_finished(1, 10)
+        counts = dict(h.bridge.rejections)
+        started = h.logs.named("call_started")
+
+    assert result.close_code == 1009
+    assert counts == {"stream:message_too_big": 1}
+    assert len(started) == 1 and started[0]["call_sid"] == call.call_sid  # the start was applied
+    assert summary["call_sid"] == call.call_sid and summary["end_status"] == "no_audio"
