@@ -62,7 +62,8 @@ LOGGED_ERRORS_PER_REASON = 3
 SUPPORTED_RATES = (8000, 16000)
 #: Distinct unknown event names counted per call; more fold into "other".
 MAX_EVENT_NAMES = 16
-#: After a failed Create for a rollover, try again this much later (while the old session lasts).
+#: After a failed Create for a rollover, try again this much later (at most a quarter of the
+#: margin), while the old session lasts.
 ROLLOVER_RETRY_S = 10.0
 
 
@@ -431,12 +432,19 @@ class Call:
             following = await self._create_part(part, "rollover")
         except EkaError as exc:
             if loop.time() < part.must_stop_at:
-                part.rollover_at = min(loop.time() + ROLLOVER_RETRY_S, part.must_stop_at)
-                self.log.warning("rollover_failed", reason=exc.reason, retry_in_s=ROLLOVER_RETRY_S)
+                retry_s = min(ROLLOVER_RETRY_S, self.settings.rollover_margin_s / 4)  # a few tries in the margin
+                part.rollover_at = min(loop.time() + retry_s, part.must_stop_at)
+                self.log.warning("rollover_failed", reason=exc.reason, retry_in_s=round(retry_s, 3))
                 return None
-            self._retire(part, upstream)  # out of time: this session must be ended now
-            self._give_up("rollover", exc.reason)
-            return None
+            # Out of time: this session must be finished and ended now. The audio waits in the
+            # outbox while one more Create is tried, with its whole retry budget.
+            self._retire(part, upstream)
+            self.log.warning("rollover_late", reason=exc.reason)
+            try:
+                following = await self._create_part(part, "rollover")
+            except EkaError as late:
+                self._give_up("rollover", late.reason)
+                return None
         self.rollovers += 1
         if self.metrics is not None:
             self.metrics.rollover()

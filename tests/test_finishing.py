@@ -8,6 +8,7 @@ only what storage holds when it arrives. So each test asserts on the audio EkaSc
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bridge.config import ConfigError, Settings
 from bridge.eka.client import DEFAULT_SESSION_TTL_S, parse_expires_at
 from bridge.simulator.twilio import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
@@ -136,3 +138,47 @@ def test_expires_at_is_read_in_both_forms() -> None:
     for unreadable in (None, "", "soon", True, -5, float("nan"), {}, []):
         assert parse_expires_at(unreadable) is None
     assert DEFAULT_SESSION_TTL_S == 3600.0
+
+
+def test_the_finish_settings_are_read_and_the_margin_must_cover_a_finish() -> None:
+    base = {"EKA_ACCESS_TOKEN": "eka-token"}
+    default = Settings.from_env(base)
+    assert (default.stream_format, default.flush_wait_s, default.flush_settle_s) == ("json", 30.0, 5.0)
+    assert default.rollover_margin_s == 300.0 and default.finalize_budget_s == 30 + 5 + 120
+    # A 4 h call (BRIDGE_MAX_CALL_S) on hour-long sessions: each part ends well inside its hour.
+    assert default.max_call_s == 4 * 3600 and default.rollover_margin_s >= default.finalize_budget_s
+    tuned = Settings.from_env(
+        {**base, "BRIDGE_FLUSH_WAIT_S": "10", "BRIDGE_FLUSH_SETTLE_S": "2", "BRIDGE_ROLLOVER_MARGIN_S": "600"}
+    )
+    assert (tuned.flush_wait_s, tuned.flush_settle_s, tuned.rollover_margin_s) == (10, 2, 600)
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({**base, "BRIDGE_ROLLOVER_MARGIN_S": "60", "EKA_END_RETRY_BUDGET_S": "120"})
+    assert any("BRIDGE_ROLLOVER_MARGIN_S=60 must cover" in p for p in error.value.problems)
+
+
+async def test_a_rollover_whose_create_fails_keeps_streaming_and_tries_again(tmp_path: Path) -> None:
+    audio = ulaw_call(4.0)
+    emulator = {"session_ttl_s": 4.0, "flush_delay_s": 0.2}
+    async with running(
+        tmp_path,
+        emulator_options=emulator,
+        rollover_margin_s=2.0,
+        flush_wait_s=0.5,
+        flush_settle_s=0.3,
+        end_budget_s=0.5,
+        create_budget_s=0.0,  # one attempt per Create: the fault below fails exactly one
+    ) as h:
+        calling = asyncio.create_task(replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=1.0))
+        await h.emulator.wait_for(lambda: len(h.emulator.sessions) == 1, 5)
+        h.emulator.faults.fail("create", 503, count=1)  # the first rollover's Create fails
+        await asyncio.wait_for(calling, 10)
+        summary = await finished(h)
+        failed = h.logs.named("rollover_failed")
+        sessions = [h.emulator.sessions[p["session_id"]] for p in summary["sessions"]]
+
+    assert failed and summary["rollovers"] >= 1
+    assert all(p["end_status"] == "ended" and p["finish"] == "flushed" for p in summary["sessions"])
+    for session in sessions:
+        assert_processed_whole(session)
+    pcm = np.concatenate([processed_pcm(s) for s in sessions])
+    assert len(pcm) == 2 * len(audio)  # nothing lost while the next session could not be had
