@@ -419,7 +419,9 @@ class Bridge:
                 inline["register"](None)
             limits.close()
             reason = call.end_request or reason
-            if reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
+            if call.start is not None and call in self.calls.active and not self.calls.owns(call, websocket):
+                call.log.info("stream_superseded")  # a newer socket carries the call on
+            elif reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
                 # No end signal on this provider: the call may come back on a new socket.
                 call.log.info("stream_detached", grace_s=provider.reconnect_grace_s)
                 self.calls.detach(call, provider.reconnect_grace_s, self._grace_expired)
@@ -454,6 +456,16 @@ class Bridge:
                 waiting.bad_messages.update(call.bad_messages)
                 waiting.resume(event)
                 return waiting
+            if waiting is not None and provider.reconnect_grace_s > 0 and not waiting.finished:
+                # The provider reconnected before the old socket's end reached us: the newest
+                # stream carries the call on, in the same session; the old one is closed.
+                old = self.calls.take_over(waiting, websocket)
+                if old is not None:
+                    await self.calls.forget(call)
+                    waiting.bad_messages.update(call.bad_messages)
+                    waiting.resume(event)
+                    await close_quietly(old, 1000)
+                    return waiting
             if waiting is not None:  # live on another socket: a second stream never opens a second session
                 call.refused = "duplicate_call"
                 return call

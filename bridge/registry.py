@@ -90,6 +90,19 @@ class CallRegistry:
         self.sockets[call] = socket
         return True
 
+    def take_over(self, call: Call, socket: Any) -> Any:
+        """A new socket for a call still attached to an old one (the provider reconnected
+        before the old socket's end reached us): the new one feeds it from now on. Returns the
+        old socket, or None if the call has none."""
+        old = self.sockets.get(call)
+        if old is not None:
+            self.sockets[call] = socket
+        return old
+
+    def owns(self, call: Call, socket: Any) -> bool:
+        """Whether ``socket`` still feeds ``call`` (not detached, not taken over)."""
+        return self.sockets.get(call) is socket
+
     def is_detached(self, call: Call) -> bool:
         return call in self._grace
 

@@ -211,7 +211,7 @@ async def test_streams_that_carry_no_audio_open_no_session(tmp_path: Path) -> No
 async def test_a_second_stream_for_a_live_call_is_refused_never_a_second_session(tmp_path: Path) -> None:
     async with running(tmp_path, emulator_options=QUICK_FLUSH) as h:
         call = TwilioCall()
-        first = asyncio.create_task(replay(h.twilio_url, plan_messages(call, ulaw_call(2.0)), pace=2))
+        first = asyncio.create_task(replay(h.twilio_url, plan_messages(call, ulaw_call(3.0)), pace=1))
         await h.emulator.wait_for(lambda: len(h.emulator.sessions) == 1, 10)
         second = await replay(h.twilio_url, [(0.0, m) for m in twilio_messages(call)], pace=1000)
         await asyncio.wait_for(first, 10)
@@ -222,7 +222,7 @@ async def test_a_second_stream_for_a_live_call_is_refused_never_a_second_session
     assert second.close_code == 1008
     assert counts == {"stream:duplicate_call": 1}
     assert_processed_whole(session)
-    assert len(session.audio) == 4 * 8000 * 2  # the first stream's audio only, whole
+    assert len(session.audio) == 4 * 8000 * 3  # the first stream's audio only, whole
 
 
 async def test_a_partial_http_request_is_dropped_after_the_request_timeout(tmp_path: Path) -> None:

@@ -108,6 +108,28 @@ async def test_a_reconnect_within_the_grace_period_continues_the_same_session(tm
     assert_processed_whole(session)  # the grace period ran out: that close ended the call
 
 
+async def test_a_reconnect_before_the_old_socket_closed_takes_the_call_over(tmp_path: Path) -> None:
+    """Vobiz opened a new stream (same callId) while the old socket still looked alive to us:
+    the new one carries the call on in the same session, and the old one is closed."""
+    ulaw = load_ulaw(CLINICIAN)
+    first_half, second_half = ulaw[:16000], ulaw[16000:32000]
+    call = VobizCall()
+    async with running(tmp_path, vobiz_reconnect_grace_s=1.0) as h:
+        old = asyncio.create_task(replay(vobiz_url(h), plan_messages(call, first_half + second_half), pace=1.0))
+        await h.emulator.wait_for(lambda: any(len(s.audio) > 32000 for s in h.emulator.sessions.values()), 10)
+        again = VobizCall(call_id=call.call_id)  # a new streamId for the same call
+        new = await replay(vobiz_url(h), plan_messages(again, second_half), pace=PACE)
+        old_result = await asyncio.wait_for(old, 10)
+        summary = await finished(h)
+        session = h.only_session()
+        superseded = h.logs.named("stream_superseded")
+
+    assert old_result.close_code == 1000 and not old_result.completed  # the bridge closed the old socket
+    assert new.media_sent and len(superseded) == 1
+    assert summary["telephony_reconnects"] == 1 and len(h.emulator.sessions) == 1
+    assert_processed_whole(session)
+
+
 async def test_a_hangup_webhook_ends_a_detached_call_at_once(tmp_path: Path) -> None:
     call = VobizCall()
     async with running(tmp_path, vobiz_reconnect_grace_s=600.0) as h:
