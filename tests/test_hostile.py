@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -334,3 +335,32 @@ async def test_a_start_in_the_same_read_as_an_oversized_message_is_not_lost(tmp_
     assert counts == {"stream:message_too_big": 1}
     assert len(started) == 1 and started[0]["call_sid"] == call.call_sid  # the start was applied
     assert summary["call_sid"] == call.call_sid and summary["end_status"] == "no_audio"
+
+
+async def test_tiny_l16_frames_cannot_hold_the_byte_order_decision_open(tmp_path: Path) -> None:
+    """Vobiz L16 with byte-order detection, fed 2-byte frames: every frame counts towards the
+    decision, which falls back to the documented order at the frame cap; nothing piles up."""
+    from bridge.audio.byteorder import MAX_HELD_FRAMES
+    from bridge.simulator.vobiz import VobizCall
+    from bridge.simulator.vobiz import plan_messages as vobiz_plan
+
+    async with running(tmp_path, emulator_options=QUICK_FLUSH, vobiz_l16_byte_order="auto") as h:
+        url = h.bridge_url.replace("http://", "ws://") + "/vobiz/stream"
+
+        async def attack() -> None:
+            plan = vobiz_plan(VobizCall(), np.zeros(8000, dtype=np.int16), content_type="audio/x-l16;rate=8000")
+            start, media = plan[0][1], plan[1][1]
+            tiny = []
+            for i in range(MAX_HELD_FRAMES + 500):
+                message = copy.deepcopy(media)
+                message["media"]["payload"] = "AAE="  # two bytes
+                message["media"]["timestamp"] = str(int(message["media"]["timestamp"]) + i // 8)
+                tiny.append((0.0, message))
+            await replay(url, [(0.0, start), *tiny], pace=1000)
+
+        _, _, grown = await under_attack(h, attack)
+        decided = h.logs.named("l16_byte_order_detected")
+
+    assert len(decided) == 1 and decided[0]["byte_order"] == "big"
+    assert decided[0]["evidence"]["rule"] == "fallback_frame_cap"
+    assert grown < RSS_BOUND_KB
