@@ -16,7 +16,9 @@ import time
 import wave
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -50,6 +52,13 @@ async def send_audio(ws: ClientConnection, pcm: bytes, wire: str, rate: int) -> 
             await ws.send(frame)
 
 
+async def open_stream_session(emulator: Emulator, client: httpx.AsyncClient) -> tuple[str, dict[str, Any], str, EmulatedSession]:
+    """Log in and create a stream session: (token, Create's body, session id, the emulator's record)."""
+    token = (await login(client))["access_token"]
+    created = await create_stream(client, token)
+    return token, created, created["session_id"], emulator.sessions[created["session_id"]]
+
+
 async def send_stop(ws: ClientConnection) -> None:
     await ws.send(json.dumps({"event": "stop", "reason": "hangup"}))
 
@@ -63,10 +72,7 @@ async def test_stop_then_close_only_after_the_flush_and_end_processes_everything
     emulator = make(tmp_path, chunk_s=CHUNK_S, flush_delay_s=0.4, processing_s=0)
     pcm = tone(1.2)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, pcm, "binary", 16000)
             await received(emulator, session, len(pcm))
@@ -142,10 +148,7 @@ async def test_stop_then_the_client_closes_before_the_flush(tmp_path: Path) -> N
     emulator = make(tmp_path, chunk_s=CHUNK_S, flush_delay_s=0.6, processing_s=3600)
     pcm = tone(0.7)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, pcm, "binary", 16000)
             await send_stop(ws)
@@ -177,10 +180,7 @@ async def test_short_calls_by_how_they_end(tmp_path: Path, wire: str, seconds: f
     emulator = make(tmp_path, chunk_s=CHUNK_S, flush_delay_s=0.3, processing_s=3600)
     pcm = tone(seconds, rate)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, pcm, wire, rate)
             await received(emulator, session, len(pcm))
@@ -210,10 +210,7 @@ async def test_drop_closes_first_then_flushes_and_reconnections_flush_their_own(
     first, second = tone(0.7), tone(0.6)
     emulator.faults.drop_stream_after(len(first), keep_registration=True)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, first, "binary", 16000)
             assert (await close_code(ws))[0] == 1011
@@ -236,10 +233,7 @@ async def test_reprocessing_end_lists_storage_again(tmp_path: Path) -> None:
     emulator = make(tmp_path, chunk_s=CHUNK_S, flush_delay_s=0.3, processing_s=3600, repeat_end="reprocess")
     pcm = tone(1.2)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, pcm, "binary", 16000)
             await received(emulator, session, len(pcm))
@@ -310,10 +304,7 @@ async def test_admin_reports_received_and_processed(tmp_path: Path) -> None:
     emulator = make(tmp_path, chunk_s=CHUNK_S, flush_delay_s=0.3, processing_s=3600)
     pcm = tone(0.7)
     async with running(emulator) as client:
-        token = (await login(client))["access_token"]
-        created = await create_stream(client, token)
-        sid = created["session_id"]
-        session = emulator.sessions[sid]
+        token, created, sid, session = await open_stream_session(emulator, client)
         async with connect(created["upload_url"]) as ws:
             await send_audio(ws, pcm, "binary", 16000)
             await received(emulator, session, len(pcm))
