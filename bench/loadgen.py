@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from bridge.simulator.audio import load_ulaw
-from bridge.simulator.twilio import new_sid
-from bridge.telephony.twilio import connected_message, media_message, start_message, stop_message
-from bridge.telephony.twilio_signature import compute_signature
+from bridge.providers.twilio.simulator import new_sid
+from bridge.providers.twilio.stream import connected_message, media_message, start_message, stop_message
+from bridge.providers.twilio.signature import compute_signature
 
 try:
     from websockets.speedups import apply_mask

@@ -4,7 +4,7 @@ Same starlette + uvicorn (uvloop, httptools, the same WebSocket protocol class a
 ``bridge serve``, doing the least any Twilio bridge must: accept the socket, parse each
 message's JSON (with orjson, as the bridge does), base64-decode the media payload, and discard
 it. Like the bridge, it takes media messages inline as the server parses them
-(bridge/inline_ws.py). The bridge's cost per message divided by
+(bridge/server/inline_ws.py). The bridge's cost per message divided by
 this one's is the price of everything the bridge does on top (μ-law decode, resampling, mixing,
 batching, the upstream socket, bookkeeping).
 
@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridge.inline_ws import EXTENSION, InlineTextProtocol
+from bridge.server.inline_ws import EXTENSION, InlineTextProtocol
 
 #: The bridge's default BRIDGE_WS_MAX_BYTES, so both servers run with the same WebSocket limit.
 WS_MAX_BYTES = 64 * 1024

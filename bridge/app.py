@@ -18,30 +18,31 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge.call import Call
-from bridge.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
-from bridge.eka_webhook import PATH as EKA_WEBHOOK_PATH
-from bridge.eka_webhook import EkaWebhook
-from bridge.inline_ws import EXTENSION as INLINE_TEXT
-from bridge.front_door import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
-from bridge.limits import LIMIT_REACHED, NO_START, StreamLimits
+from bridge.live.call import Call
+from bridge.after_call.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
+from bridge.after_call.eka_webhook import PATH as EKA_WEBHOOK_PATH
+from bridge.after_call.eka_webhook import EkaWebhook
+from bridge.server.inline_ws import EXTENSION as INLINE_TEXT
+from bridge.providers.twilio.webhooks import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
+from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
-from bridge.ledger import Ledger
+from bridge.after_call.ledger import Ledger
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.metrics import Metrics
-from bridge.records import CallRecords
-from bridge.request_timeout import RequestTimeoutProtocol
-from bridge.registry import CallRegistry
-from bridge.results import LONG_POLL_TIMEOUT_S, ResultPoller
-from bridge.sweeper import Sweeper
-from bridge.telephony import twilio, vobiz
-from bridge.telephony.events import Media, ProtocolError, StreamEvent, StreamStart
-from bridge.vobiz_door import ANSWER_PATH, HANGUP_PATH, VobizFrontDoor
-from bridge.vobiz_door import STATUS_PATH as VOBIZ_STATUS_PATH
-from bridge.vobiz_door import STREAM_PATH as VOBIZ_STREAM_PATH
+from bridge.after_call.call_records import CallRecords
+from bridge.server.request_timeout import RequestTimeoutProtocol
+from bridge.live.registry import CallRegistry
+from bridge.after_call.result_poller import LONG_POLL_TIMEOUT_S, ResultPoller
+from bridge.after_call.sweeper import Sweeper
+from bridge.providers.twilio import stream as twilio
+from bridge.providers.vobiz import stream as vobiz
+from bridge.providers.events import Media, ProtocolError, StreamEvent, StreamStart
+from bridge.providers.vobiz.webhooks import ANSWER_PATH, HANGUP_PATH, VobizFrontDoor
+from bridge.providers.vobiz.webhooks import STATUS_PATH as VOBIZ_STATUS_PATH
+from bridge.providers.vobiz.webhooks import STREAM_PATH as VOBIZ_STREAM_PATH
 
 #: How long shutdown waits for calls that are still finalizing (End Session in flight).
 SHUTDOWN_GRACE_S = 30.0
@@ -357,7 +358,7 @@ class Bridge:
         )
 
         def media_now(text: str) -> bool:
-            """A started call's media, applied as the server parses it (see bridge/inline_ws.py);
+            """A started call's media, applied as the server parses it (see bridge/server/inline_ws.py);
             anything else, or anything while this handler is busy, takes the ASGI path below."""
             if not limits.receiving or call.start is None:
                 return False

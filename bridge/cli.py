@@ -80,7 +80,7 @@ def serve_command(args: argparse.Namespace) -> int:
     print(f"bridge: Twilio voice webhook (POST) {public}/twilio/voice", file=sys.stderr)
 
     from bridge.app import Bridge
-    from bridge.inline_ws import InlineTextProtocol
+    from bridge.server.inline_ws import InlineTextProtocol
 
     bridge = Bridge(settings)
     config = uvicorn.Config(
@@ -88,7 +88,7 @@ def serve_command(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         http=bridge.http_protocol(),  # a request must arrive in BRIDGE_REQUEST_TIMEOUT_S
-        ws=InlineTextProtocol,  # media messages skip the ASGI queue (bridge/inline_ws.py)
+        ws=InlineTextProtocol,  # media messages skip the ASGI queue (bridge/server/inline_ws.py)
         ws_per_message_deflate=False,  # μ-law in base64 barely deflates; zlib state is ~90 KB a socket
         ws_max_size=settings.ws_max_bytes,  # larger messages close the socket with 1009
         log_level="warning",

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 
-from bridge.inline_ws import InlineTextProtocol
+from bridge.server.inline_ws import InlineTextProtocol
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ import pytest
 import soxr
 
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import CLIENT_SECRET, Harness, assert_processed_whole, running
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.audio.codec import ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
 from tests.test_call import finished, received_pcm, ulaw_call
 
@@ -177,7 +177,7 @@ async def test_a_stalled_upstream_keeps_memory_bounded_and_counts_what_it_drops(
 
 
 async def test_the_outbox_bound_holds_whatever_arrives() -> None:
-    from bridge.outbox import PcmOutbox
+    from bridge.live.pcm_queue import PcmOutbox
 
     box = PcmOutbox(1000)
     for _ in range(100):

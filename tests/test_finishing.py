@@ -18,7 +18,7 @@ import pytest
 
 from bridge.config import ConfigError, Settings
 from bridge.eka.client import DEFAULT_SESSION_TTL_S, parse_expires_at
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
 from tests.receiver import Receiver
 from tests.test_call import PACE, finished, reference_16k, si_snr_db, ulaw_call

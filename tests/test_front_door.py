@@ -15,8 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from bridge.routing import RoutingTable, load_routes
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from bridge.telephony.twilio_signature import body_sha256, compute_signature
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.signature import body_sha256, compute_signature
 from tests.harness import CLIENT_SECRET, Harness, assert_processed_whole, running
 from tests.test_call import ulaw_call
 

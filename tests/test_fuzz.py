@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from bridge.audio.codec import ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, running
 from tests.test_call import ulaw_call
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.call import Call
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from bridge.telephony.events import (
+from bridge.live.call import Call
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.providers.events import (
     MAX_ID_CHARS,
     Dtmf,
     Mark,
@@ -341,8 +341,8 @@ async def test_tiny_l16_frames_cannot_hold_the_byte_order_decision_open(tmp_path
     """Vobiz L16 with byte-order detection, fed 2-byte frames: every frame counts towards the
     decision, which falls back to the documented order at the frame cap; nothing piles up."""
     from bridge.audio.byteorder import MAX_HELD_FRAMES
-    from bridge.simulator.vobiz import VobizCall
-    from bridge.simulator.vobiz import plan_messages as vobiz_plan
+    from bridge.providers.vobiz.simulator import VobizCall
+    from bridge.providers.vobiz.simulator import plan_messages as vobiz_plan
 
     async with running(tmp_path, emulator_options=QUICK_FLUSH, vobiz_l16_byte_order="auto") as h:
         url = h.bridge_url.replace("http://", "ws://") + "/vobiz/stream"

@@ -1,4 +1,4 @@
-"""The inline text path of bridge/inline_ws.py on a real uvicorn server: messages a handler takes
+"""The inline text path of bridge/server/inline_ws.py on a real uvicorn server: messages a handler takes
 never pass through ASGI, the ones it declines do, and nothing overtakes anything."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridge.inline_ws import EXTENSION
+from bridge.server.inline_ws import EXTENSION
 from tests.servers import serve
 
 pytestmark = pytest.mark.anyio

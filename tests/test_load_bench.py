@@ -19,8 +19,8 @@ from bench.load import Cpus, Plan, delivery_lags_ms, run
 from bench.loadgen import FRAME_BYTES, Templates, frame
 from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
 from bridge.audio.resample import HALF_SPAN
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
-from bridge.telephony.twilio import media_message
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.stream import media_message
 from tests.harness import running
 from tests.test_call import ulaw_call
 

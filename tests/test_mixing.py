@@ -11,7 +11,7 @@ import soxr
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.simulator.audio import load_ulaw
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import running
 from tests.test_call import finished, received_pcm, si_snr_db
 

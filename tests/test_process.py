@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from bridge.audio.resample import HALF_SPAN
 from bridge.emulator import Emulator, EmulatorOptions
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import CLIENT_ID, CLIENT_SECRET, assert_processed_whole
 from tests.servers import serve
 from tests.test_call import received_pcm, ulaw_call
@@ -206,8 +206,8 @@ async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path
     """The attack that once leaked a slot per socket and made the process unkillable: Vobiz L16
     at 44.1 kHz with byte-order detection. Refused (1003), no session, the slot released; a
     live call meanwhile; then SIGTERM twice exits within the finish budget."""
-    from bridge.simulator.vobiz import VobizCall
-    from bridge.simulator.vobiz import plan_messages as vobiz_plan
+    from bridge.providers.vobiz.simulator import VobizCall
+    from bridge.providers.vobiz.simulator import plan_messages as vobiz_plan
 
     async with emulator_running(tmp_path) as (emulator, eka_url):
         bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_FLUSH_SETTLE_S="1")

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.telephony.twilio_signature import compute_signature
+from bridge.providers.twilio.signature import compute_signature
 from tests.test_deploy import dockerfile, procfile_web
 
 pytestmark = pytest.mark.anyio

@@ -19,10 +19,10 @@ import pytest
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.emulator.results import transcript
 from bridge.emulator.webhooks import SentWebhook
-from bridge.eka_webhook import session_of
-from bridge.ledger import Ledger, SessionResult
+from bridge.after_call.eka_webhook import session_of
+from bridge.after_call.ledger import Ledger, SessionResult
 from bridge.signing import sign
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import CLIENT_ID, CLIENT_SECRET, LogCapture, bridge_running, running
 from tests.receiver import SECRET, Receiver
 from tests.servers import serve
@@ -38,9 +38,10 @@ PAYLOAD_KEYS = {
 
 
 def readme_verify() -> Any:
-    """The ``verify`` function the README gives clinics, exactly as written there."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    block = next(b for b in readme.split("```python\n")[1:] if "def verify(" in b).split("```")[0]
+    """The ``verify`` function the docs give clinics, exactly as written there."""
+    root = Path(__file__).parent.parent
+    text = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    block = next(b for b in text.split("```python\n")[1:] if "def verify(" in b).split("```")[0]
     namespace: dict[str, Any] = {}
     exec(block, namespace)  # noqa: S102 - our own documentation
     return namespace["verify"]

@@ -30,8 +30,8 @@ from websockets.exceptions import ConnectionClosed
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.simulator import cli
 from bridge.simulator.audio import load_ulaw
-from bridge.simulator.twilio import TwilioCall, plan_messages, replay, simulate_twilio
-from bridge.telephony.twilio_signature import compute_signature
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay, simulate_twilio
+from bridge.providers.twilio.signature import compute_signature
 
 pytestmark = pytest.mark.anyio
 

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.simulator import cli
 from bridge.simulator.audio import load_pcm16
-from bridge.simulator.vobiz import (
+from bridge.providers.vobiz.simulator import (
     VobizCall,
     load_audio,
     plan_connections,
@@ -37,8 +37,8 @@ from bridge.simulator.vobiz import (
     replay_connections,
     simulate_vobiz,
 )
-from bridge.telephony import vobiz
-from bridge.telephony.events import Media, MediaFormat, StreamStart
+from bridge.providers.vobiz import stream as vobiz
+from bridge.providers.events import Media, MediaFormat, StreamStart
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator, add_port, remove_port
 
-from bridge.telephony.twilio_signature import (
+from bridge.providers.twilio.signature import (
     body_sha256,
     compute_signature,
     port_variants,

@@ -14,9 +14,9 @@ from websockets.exceptions import InvalidStatus
 
 from bridge.audio.codec import ulaw_to_pcm16
 from bridge.simulator.audio import load_pcm16, load_ulaw
-from bridge.simulator.twilio import replay
-from bridge.simulator.vobiz import VobizCall, plan_messages, simulate_vobiz
-from bridge.telephony.vobiz_signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, compute_v3
+from bridge.providers.twilio.simulator import replay
+from bridge.providers.vobiz.simulator import VobizCall, plan_messages, simulate_vobiz
+from bridge.providers.vobiz.signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, compute_v3
 from tests.harness import Harness, assert_processed_whole, running
 from tests.test_call import finished, received_pcm, si_snr_db
 

@@ -16,9 +16,9 @@ import soxr
 from bridge.audio.byteorder import ByteOrderDetector, decode_l16
 from bridge.audio.codec import ulaw_to_pcm16
 from bridge.simulator.audio import load_ulaw
-from bridge.telephony import vobiz
-from bridge.telephony.events import Dtmf, Media, MediaFormat, ProtocolError, StreamStart, Unknown
-from bridge.telephony.vobiz_signature import (
+from bridge.providers.vobiz import stream as vobiz
+from bridge.providers.events import Dtmf, Media, MediaFormat, ProtocolError, StreamStart, Unknown
+from bridge.providers.vobiz.signature import (
     NonceCache,
     base_url,
     compute_v2,

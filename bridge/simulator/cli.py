@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge.simulator.audio import load_ulaw
-from bridge.simulator.twilio import ReplayResult, TwilioCall, plan_messages, replay
-from bridge.simulator.vobiz import (
+from bridge.providers.twilio.simulator import ReplayResult, TwilioCall, plan_messages, replay
+from bridge.providers.vobiz.simulator import (
     BYTE_ORDERS,
     CONTENT_TYPES,
     DEFAULT_CONTENT_TYPE,

@@ -16,9 +16,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bridge.delivery import iso
-from bridge.ledger import Ledger
-from bridge.results import call_status
+from bridge.after_call.delivery import iso
+from bridge.after_call.ledger import Ledger
+from bridge.after_call.result_poller import call_status
 
 #: Calls per page of ``GET /calls``: ``limit`` defaults to this and may not exceed MAX_LIMIT.
 DEFAULT_LIMIT = 100

@@ -30,7 +30,7 @@ EXTENSION = "eka_bridge.inline_text"
 
 InlineHandler = Callable[[str], bool]
 
-_log = logging.getLogger("bridge.inline_ws")
+_log = logging.getLogger("bridge.server.inline_ws")
 
 
 class InlineTextProtocol(WebSocketsSansIOProtocol):

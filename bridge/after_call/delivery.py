@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 
 from bridge.eka.retry import Backoff
-from bridge.ledger import DueDelivery, Ledger
+from bridge.after_call.ledger import DueDelivery, Ledger
 from bridge.metrics import Metrics
-from bridge.results import call_status
+from bridge.after_call.result_poller import call_status
 from bridge.signing import sign
 
 SIGNATURE_HEADER = "X-Bridge-Signature"

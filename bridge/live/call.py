@@ -35,9 +35,9 @@ from bridge.config import Settings
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
 from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
-from bridge.ledger import Ledger
-from bridge.outbox import PcmOutbox, ReplayBuffer
-from bridge.telephony.events import (
+from bridge.after_call.ledger import Ledger
+from bridge.live.pcm_queue import PcmOutbox, ReplayBuffer
+from bridge.providers.events import (
     Connected,
     Dtmf,
     Mark,

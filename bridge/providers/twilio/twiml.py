@@ -17,7 +17,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from bridge.routing import CallRoute, is_e164
-from bridge.telephony.envelope import xml_safe
+from bridge.providers.envelope import xml_safe
 
 #: The ``<Parameter>`` that names the call's route; the stream handler looks it up again.
 ROUTE_PARAMETER = "route"

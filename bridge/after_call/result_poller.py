@@ -20,7 +20,7 @@ import httpx
 
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
-from bridge.ledger import AwaitingResult, Ledger, SessionResult
+from bridge.after_call.ledger import AwaitingResult, Ledger, SessionResult
 from bridge.metrics import Metrics
 
 #: How often the queue is re-read without being woken (sessions the sweeper ended, say).

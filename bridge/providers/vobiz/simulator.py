@@ -1,7 +1,7 @@
 """Replay a call as a Vobiz Audio Stream, with the exact message shapes Vobiz sends.
 
 As for Twilio, ``plan_messages`` is pure (what to send and when) and the network part is
-the shared :func:`bridge.simulator.twilio.replay`, called without a signature (Vobiz's
+the shared :func:`bridge.providers.twilio.simulator.replay`, called without a signature (Vobiz's
 upgrade auth is undocumented). Differences from Twilio: no ``connected``, no ``stop`` (the
 socket close ends the stream), numeric ``sequenceNumber`` from 0 and ``chunk``, epoch-ms
 ``timestamp`` strings, and μ-law or big-endian L16 audio per ``contentType``.
@@ -26,9 +26,9 @@ import numpy as np
 from bridge.audio.codec import pcm16_to_ulaw
 from bridge.simulator.audio import load_pcm16, load_ulaw
 from bridge.simulator.framing import interleaved_frames
-from bridge.simulator.twilio import ReplayResult, replay
-from bridge.telephony.events import MediaFormat
-from bridge.telephony.vobiz import media_message, parse_content_type, start_message
+from bridge.providers.twilio.simulator import ReplayResult, replay
+from bridge.providers.events import MediaFormat
+from bridge.providers.vobiz.stream import media_message, parse_content_type, start_message
 
 #: What ``<Stream contentType>`` may ask for inbound, and what the simulator can send.
 CONTENT_TYPES = ("audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000")

@@ -6,7 +6,7 @@ connection and its memory for as long as it likes: 300 half-open upgrades linger
 more. Here each request, headers and body, must arrive within ``timeout_s`` of its first
 byte (or of the connection, for the first); otherwise the connection is closed. A WebSocket
 upgrade hands the connection to the WebSocket protocol at its headers, so the bound ends
-there: a call's socket has its own limits (``bridge/limits.py``).
+there: a call's socket has its own limits (``bridge/live/limits.py``).
 """
 
 from __future__ import annotations

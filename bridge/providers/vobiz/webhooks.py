@@ -24,11 +24,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
-from bridge.front_door import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Refused
+from bridge.providers.twilio.webhooks import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Refused
 from bridge.routing import CallRoute, is_e164, resolve
-from bridge.telephony import vobiz
-from bridge.telephony.events import StreamStart
-from bridge.telephony.vobiz_signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, NonceCache, verify_v3
+from bridge.providers.vobiz import stream as vobiz
+from bridge.providers.events import StreamStart
+from bridge.providers.vobiz.signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, NonceCache, verify_v3
 
 STREAM_PATH = "/vobiz/stream"
 ANSWER_PATH = "/vobiz/answer"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from bridge.telephony import envelope
-from bridge.telephony.events import (
+from bridge.providers import envelope
+from bridge.providers.events import (
     MAX_LISTED_TRACKS,
     MAX_PARAMS,
     Connected,
@@ -25,7 +25,7 @@ from bridge.telephony.events import (
     StreamStop,
     Unknown,
 )
-from bridge.telephony.twilio_signature import compute_signature  # noqa: F401  (re-exported)
+from bridge.providers.twilio.signature import compute_signature  # noqa: F401  (re-exported)
 
 PROVIDER = "twilio"
 DEFAULT_FORMAT = MediaFormat("audio/x-mulaw", 8000, 1)

@@ -17,8 +17,8 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from bridge.telephony import envelope
-from bridge.telephony.events import (
+from bridge.providers import envelope
+from bridge.providers.events import (
     MAX_LISTED_TRACKS,
     Dtmf,
     Media,

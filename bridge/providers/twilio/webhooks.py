@@ -1,7 +1,7 @@
 """The front door for Twilio: call webhooks, signature checks, refusals.
 
 - ``POST /twilio/voice``: TwiML for the called number's route (see bridge/routing.py and
-  bridge/telephony/twiml.py).
+  bridge/providers/twilio/twiml.py).
 - ``POST /twilio/stream-status``: the ``<Stream statusCallback>`` events, logged.
 - The WebSocket upgrade to ``/twilio/stream`` is checked here before it is accepted.
 
@@ -28,9 +28,9 @@ from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
 from bridge.routing import CallRoute, is_e164, resolve
-from bridge.telephony import twiml
-from bridge.telephony.events import StreamStart
-from bridge.telephony.twilio_signature import SIGNATURE_HEADER, validate
+from bridge.providers.twilio import twiml
+from bridge.providers.events import StreamStart
+from bridge.providers.twilio.signature import SIGNATURE_HEADER, validate
 
 STREAM_PATH = "/twilio/stream"
 VOICE_PATH = "/twilio/voice"

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from bridge.telephony.events import ProtocolError
+from bridge.providers.events import ProtocolError
 
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 

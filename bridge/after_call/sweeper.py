@@ -9,7 +9,7 @@ from typing import Any
 
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
-from bridge.ledger import Ledger
+from bridge.after_call.ledger import Ledger
 
 
 class Sweeper:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from bridge.call import Call
+from bridge.live.call import Call
 
 
 class CallRegistry:

@@ -1,0 +1,1 @@
+"""Additions to uvicorn's protocols: inline media messages, a bound on reading requests."""

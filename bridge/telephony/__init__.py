@@ -1,1 +1,0 @@
-"""Provider modules: each parses and produces one provider's stream messages, nothing more."""
