@@ -15,34 +15,30 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge.live.call import Call
+from bridge.after_call.call_records import CallRecords
 from bridge.after_call.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
 from bridge.after_call.eka_webhook import PATH as EKA_WEBHOOK_PATH
 from bridge.after_call.eka_webhook import EkaWebhook
-from bridge.server.inline_ws import EXTENSION as INLINE_TEXT
-from bridge.providers.twilio.webhooks import STATUS_PATH, STREAM_PATH, VOICE_PATH, Refused, TwilioFrontDoor
-from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
+from bridge.after_call.ledger import Ledger
+from bridge.after_call.result_poller import LONG_POLL_TIMEOUT_S, ResultPoller
+from bridge.after_call.sweeper import Sweeper
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
-from bridge.after_call.ledger import Ledger
+from bridge.live.call import Call
+from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
+from bridge.live.registry import CallRegistry
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.metrics import Metrics
-from bridge.after_call.call_records import CallRecords
-from bridge.server.request_timeout import RequestTimeoutProtocol
-from bridge.live.registry import CallRegistry
-from bridge.after_call.result_poller import LONG_POLL_TIMEOUT_S, ResultPoller
-from bridge.after_call.sweeper import Sweeper
-from bridge.providers.twilio import stream as twilio
-from bridge.providers.vobiz import stream as vobiz
+from bridge.providers import build_providers
+from bridge.providers.base import Provider, Refused, StreamEndpoint
 from bridge.providers.events import Media, ProtocolError, StreamEvent, StreamStart
-from bridge.providers.vobiz.webhooks import ANSWER_PATH, HANGUP_PATH, VobizFrontDoor
-from bridge.providers.vobiz.webhooks import STATUS_PATH as VOBIZ_STATUS_PATH
-from bridge.providers.vobiz.webhooks import STREAM_PATH as VOBIZ_STREAM_PATH
+from bridge.server.inline_ws import EXTENSION as INLINE_TEXT
+from bridge.server.request_timeout import RequestTimeoutProtocol
 
 #: How long shutdown waits for calls that are still finalizing (End Session in flight).
 SHUTDOWN_GRACE_S = 30.0
@@ -54,19 +50,6 @@ GOING_AWAY = 1001
 POLICY_VIOLATION = 1008  # no ``start`` in time, or a second stream for a live call
 UNSUPPORTED_DATA = 1003  # a ``start`` whose format the audio path does not take
 REFUSAL_CLOSE_CODES = {"unsupported_format": UNSUPPORTED_DATA, "duplicate_call": POLICY_VIOLATION}
-
-
-@dataclass(frozen=True)
-class StreamProvider:
-    """What the shared stream handler needs to know of one telephony provider."""
-
-    name: str
-    parse: Callable[[str], StreamEvent]
-    check_upgrade: Callable[[WebSocket], None]  # raises Refused
-    reject: Callable[..., None]
-    session_overrides: Callable[[StreamStart], dict[str, Any]]
-    reconnect_grace_s: float = 0.0  # > 0: a closed socket may be followed by a reconnect
-    l16_byte_order: str = "big"
 
 
 class Bridge:
@@ -116,43 +99,18 @@ class Bridge:
             if settings.eka_webhook_signing_key
             else None
         )
-        self.front = TwilioFrontDoor(settings, log=self.log, rejections=self.rejections)
-        self.vobiz_door = VobizFrontDoor(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
-        self.twilio = StreamProvider(
-            name=twilio.PROVIDER,
-            parse=twilio.parse,
-            check_upgrade=self.front.check_upgrade,
-            reject=self.front.reject,
-            session_overrides=self.front.session_overrides,
-        )
-        self.vobiz = StreamProvider(
-            name=vobiz.PROVIDER,
-            parse=vobiz.parse,
-            check_upgrade=self.vobiz_door.check_upgrade,
-            reject=self.vobiz_door.reject,
-            session_overrides=self.vobiz_door.session_overrides,
-            reconnect_grace_s=settings.vobiz_reconnect_grace_s,
-            l16_byte_order=settings.vobiz_l16_byte_order,
-        )
+        self.providers = build_providers(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
         self._admitting = 0  # streams past the capacity check but not yet in self.calls
         self._tasks: set[asyncio.Task[Any]] = set()  # finalizations not owned by a socket handler
-        self.front.announce()
-        self.vobiz_door.announce()
+        provider_routes: list[BaseRoute] = []
+        for provider in self.providers:
+            provider.announce()
+            provider_routes += provider.routes(self._stream_endpoint(provider))
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
                 Route("/readyz", self.readyz),
-                WebSocketRoute(STREAM_PATH, self.twilio_stream),
-                # Twilio signs the URL exactly as configured, so both spellings are served as-is.
-                Route(VOICE_PATH, self.front.voice, methods=["POST"]),
-                Route(VOICE_PATH + "/", self.front.voice, methods=["POST"]),
-                Route(STATUS_PATH, self.front.stream_status, methods=["POST"]),
-                Route(STATUS_PATH + "/", self.front.stream_status, methods=["POST"]),
-                WebSocketRoute(VOBIZ_STREAM_PATH, self.vobiz_stream),
-                WebSocketRoute(VOBIZ_STREAM_PATH + "/{token}", self.vobiz_stream),
-                Route(ANSWER_PATH, self.vobiz_door.answer, methods=["POST"]),
-                Route(HANGUP_PATH, self.vobiz_door.hangup, methods=["POST"]),
-                Route(VOBIZ_STATUS_PATH, self.vobiz_door.stream_status, methods=["POST"]),
+                *provider_routes,
                 Route("/metrics", self.metrics_endpoint),
                 Route("/calls", self.records.recent),
                 Route("/calls/{call_sid}", self.records.one),
@@ -320,13 +278,16 @@ class Bridge:
         """Eka's webhook says a session is processed: the result poller fetches it now."""
         return self.results is not None and await self.results.notified(session_id)
 
-    async def twilio_stream(self, websocket: WebSocket) -> None:
-        await self._serve_stream(websocket, self.twilio)
+    def provider(self, name: str) -> Provider:
+        return next(p for p in self.providers if p.name == name)
 
-    async def vobiz_stream(self, websocket: WebSocket) -> None:
-        await self._serve_stream(websocket, self.vobiz)
+    def _stream_endpoint(self, provider: Provider) -> StreamEndpoint:
+        async def serve(websocket: WebSocket) -> None:
+            await self._serve_stream(websocket, provider)
 
-    async def _serve_stream(self, websocket: WebSocket, provider: StreamProvider) -> None:
+        return serve
+
+    async def _serve_stream(self, websocket: WebSocket, provider: Provider) -> None:
         """One provider media stream: read it to its end, whatever EkaScribe does meanwhile.
 
         A stream whose ``start`` names a call waiting out its reconnect grace period
@@ -430,7 +391,7 @@ class Bridge:
                 # Shielded: if this handler is cancelled, the call still finalizes in the background.
                 await asyncio.shield(self._finish(call, reason))
 
-    def _new_call(self, provider: StreamProvider) -> Call:
+    def _new_call(self, provider: Provider) -> Call:
         assert self.eka is not None
         return Call(
             provider=provider.name,
@@ -443,7 +404,7 @@ class Bridge:
             metrics=self.metrics,
         )
 
-    async def _handle(self, call: Call, text: str, provider: StreamProvider, websocket: WebSocket) -> Call:
+    async def _handle(self, call: Call, text: str, provider: Provider, websocket: WebSocket) -> Call:
         """Apply one message; returns the call this socket feeds from now on."""
         try:
             event = provider.parse(text)
@@ -486,7 +447,7 @@ class Bridge:
     def _grace_expired(self, call: Call) -> None:
         self._spawn(self._finish(call, "socket_closed"))
 
-    async def end_call(self, call_id: str, reason: str, provider: str = "vobiz") -> bool:
+    async def end_call(self, provider: str, call_id: str, reason: str) -> bool:
         """End a call now (a hang-up webhook): attached or waiting to reconnect."""
         call = self.calls.find(provider, call_id)
         if call is None or call.finished:

@@ -113,8 +113,11 @@ async def test_an_unsupported_rate_is_refused_with_a_close_code_and_releases_its
                 call = TwilioCall()
                 messages = twilio_messages(call)
                 messages[1]["start"]["mediaFormat"] = {"encoding": "audio/x-l16", "sampleRate": rate}
-                result = await replay(h.twilio_url, [(0.0, m) for m in messages], pace=1000)
-                assert result.close_code == 1003
+                messages = [m for m in messages if m["event"] != "stop"]  # wait for the server's refusal
+                result = await replay(
+                    h.twilio_url, [(0.0, m) for m in messages], pace=1000, close_after=False, server_close_timeout=5
+                )
+                assert result.close_code == 1003 and result.closed_by == "server"
 
         _, _, grown = await under_attack(h, attack)
         refused = [s for s in h.bridge.calls.summaries if s["end_reason"] == "refused"]
@@ -214,13 +217,14 @@ async def test_a_second_stream_for_a_live_call_is_refused_never_a_second_session
         call = TwilioCall()
         first = asyncio.create_task(replay(h.twilio_url, plan_messages(call, ulaw_call(3.0)), pace=1))
         await h.emulator.wait_for(lambda: len(h.emulator.sessions) == 1, 10)
-        second = await replay(h.twilio_url, [(0.0, m) for m in twilio_messages(call)], pace=1000)
+        duplicate = [(0.0, m) for m in twilio_messages(call) if m["event"] != "stop"]
+        second = await replay(h.twilio_url, duplicate, pace=1000, close_after=False, server_close_timeout=5)
         await asyncio.wait_for(first, 10)
         await h.bridge.calls.wait_finished(2, 10)
         counts = dict(h.bridge.rejections)
         session = h.only_session()
 
-    assert second.close_code == 1008
+    assert second.close_code == 1008 and second.closed_by == "server"
     assert counts == {"stream:duplicate_call": 1}
     assert_processed_whole(session)
     assert len(session.audio) == 4 * 8000 * 3  # the first stream's audio only, whole
@@ -280,7 +284,7 @@ async def test_any_sequence_of_events_finishes_releases_and_stays_bounded(tmp_pa
     no per-call structure outgrows its bound, and every session opened is ended once."""
     async with running(tmp_path, emulator_options=QUICK_FLUSH, vobiz_l16_byte_order="auto") as h:
         bridge = h.bridge
-        provider = bridge.vobiz  # L16 with byte-order detection: the path with the most state
+        provider = bridge.provider("vobiz")  # L16 with byte-order detection: the path with the most state
 
         @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
         @given(st.lists(EVENTS, max_size=60), st.sampled_from(["stop", "socket_closed", "idle_timeout"]))

@@ -216,8 +216,8 @@ async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path
             for _ in range(5):
                 plan = vobiz_plan(VobizCall(), np.zeros(8000, dtype=np.int16), content_type="audio/x-l16;rate=16000")
                 plan[0][1]["start"]["mediaFormat"]["sampleRate"] = 44100  # what the simulator will not send
-                result = await replay(vobiz_url, plan, pace=1000)
-                assert result.close_code == 1003
+                result = await replay(vobiz_url, plan, pace=1000, close_after=False, server_close_timeout=5)
+                assert result.close_code == 1003 and result.closed_by == "server"
             async with httpx.AsyncClient() as http:
                 health = (await http.get(f"http://127.0.0.1:{bridge.port}/healthz")).json()
             assert health["active_calls"] == 0  # every refused socket released its slot

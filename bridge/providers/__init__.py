@@ -1,3 +1,22 @@
-"""The telephony providers: each one a package (webhooks, stream parser, signatures,
-answer documents, simulator) behind the interface in ``base.py``, speaking the
-provider-neutral events of ``events.py``."""
+"""The telephony providers: each one a package (webhooks, stream parser, signatures, answer
+documents, simulator) behind the interface in ``base.py``, speaking the provider-neutral
+events of ``events.py``. This is the one place that lists them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from bridge.config import Settings
+from bridge.providers.base import EndCall, Provider
+
+
+def build_providers(settings: Settings, *, log: Any, rejections: Counter[str], end_call: EndCall) -> list[Provider]:
+    """Every provider this service speaks, ready to serve."""
+    from bridge.providers.twilio.webhooks import TwilioProvider
+    from bridge.providers.vobiz.webhooks import VobizProvider
+
+    return [
+        TwilioProvider(settings, log=log, rejections=rejections),
+        VobizProvider(settings, log=log, rejections=rejections, end_call=end_call),
+    ]

@@ -1,4 +1,4 @@
-"""The front door for Twilio: call webhooks, signature checks, refusals.
+"""Twilio as a provider: call webhooks, the stream's upgrade check and parser, refusals.
 
 - ``POST /twilio/voice``: TwiML for the called number's route (see bridge/routing.py and
   bridge/providers/twilio/twiml.py).
@@ -24,36 +24,42 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
-from bridge.routing import CallRoute, is_e164, resolve
-from bridge.providers.twilio import twiml
-from bridge.providers.events import StreamStart
+from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Provider, Refused, StreamEndpoint
+from bridge.providers.events import StreamEvent, StreamStart
+from bridge.providers.twilio import stream, twiml
 from bridge.providers.twilio.signature import SIGNATURE_HEADER, validate
+from bridge.routing import CallRoute, is_e164, resolve
 
 STREAM_PATH = "/twilio/stream"
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/stream-status"
-#: Largest webhook body read (Twilio's voice webhooks are a few hundred bytes of form fields).
-MAX_WEBHOOK_BYTES = 64 * 1024
-#: Longest form value copied into a log line.
-MAX_LOGGED_CHARS = 200
 TWIML_MEDIA_TYPE = "application/xml"
 
 
-class Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+class TwilioProvider(Provider):
+    name = stream.PROVIDER
 
-
-class TwilioFrontDoor:
     def __init__(self, settings: Settings, *, log: Any, rejections: Counter[str]) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections
+
+    def routes(self, stream_endpoint: StreamEndpoint) -> list[BaseRoute]:
+        return [
+            WebSocketRoute(STREAM_PATH, stream_endpoint),
+            # Twilio signs the URL exactly as configured, so both spellings are served as-is.
+            Route(VOICE_PATH, self.voice, methods=["POST"]),
+            Route(VOICE_PATH + "/", self.voice, methods=["POST"]),
+            Route(STATUS_PATH, self.stream_status, methods=["POST"]),
+            Route(STATUS_PATH + "/", self.stream_status, methods=["POST"]),
+        ]
+
+    def parse(self, text: str) -> StreamEvent:
+        return stream.parse(text)
 
     # -- start-up ---------------------------------------------------------------------------
 

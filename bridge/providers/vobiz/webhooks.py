@@ -1,4 +1,4 @@
-"""The front door for Vobiz: answer XML, the hang-up and stream-status callbacks, the stream token.
+"""Vobiz as a provider: answer XML, the hang-up and stream-status callbacks, the stream token.
 
 - ``POST /vobiz/answer``: XML that announces the call, forks both parties to
   ``wss://…/vobiz/stream/{token}`` and dials the clinician (the called number's route).
@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
-from bridge.providers.twilio.webhooks import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Refused
-from bridge.routing import CallRoute, is_e164, resolve
+from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, EndCall, Provider, Refused, StreamEndpoint
+from bridge.providers.events import StreamEvent, StreamStart
 from bridge.providers.vobiz import stream as vobiz
-from bridge.providers.events import StreamStart
 from bridge.providers.vobiz.signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, NonceCache, verify_v3
+from bridge.routing import CallRoute, is_e164, resolve
 
 STREAM_PATH = "/vobiz/stream"
 ANSWER_PATH = "/vobiz/answer"
@@ -40,21 +40,31 @@ CONTENT_TYPE = "audio/x-mulaw;rate=8000"
 MAX_REMEMBERED_CALLS = 10_000
 
 
-class VobizFrontDoor:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        log: Any,
-        rejections: Counter[str],
-        end_call: Callable[[str, str], Awaitable[bool]],
-    ) -> None:
+class VobizProvider(Provider):
+    name = vobiz.PROVIDER
+
+    def __init__(self, settings: Settings, *, log: Any, rejections: Counter[str], end_call: EndCall) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections
-        self.end_call = end_call  # (call id, reason) → ended something?
+        self.end_call = end_call  # (provider, call id, reason) → ended something?
+        # No end signal on a Vobiz stream: a closed socket may come back (new streamId, same callId).
+        self.reconnect_grace_s = settings.vobiz_reconnect_grace_s
+        self.l16_byte_order = settings.vobiz_l16_byte_order
         self.nonces = NonceCache()
         self._called: OrderedDict[str, str] = OrderedDict()  # CallUUID → called number
+
+    def routes(self, stream_endpoint: StreamEndpoint) -> list[BaseRoute]:
+        return [
+            WebSocketRoute(STREAM_PATH, stream_endpoint),
+            WebSocketRoute(STREAM_PATH + "/{token}", stream_endpoint),
+            Route(ANSWER_PATH, self.answer, methods=["POST"]),
+            Route(HANGUP_PATH, self.hangup, methods=["POST"]),
+            Route(STATUS_PATH, self.stream_status, methods=["POST"]),
+        ]
+
+    def parse(self, text: str) -> StreamEvent:
+        return vobiz.parse(text)
 
     def announce(self) -> None:
         if not self.settings.vobiz_stream_token:
@@ -64,9 +74,11 @@ class VobizFrontDoor:
                 " session; set it (the answer XML then carries it in the stream URL)",
             )
 
-    def reject(self, endpoint: str, reason: str, *, status: int, conn: HTTPConnection) -> None:
+    def reject(
+        self, endpoint: str, reason: str, *, status: int | None = None, conn: HTTPConnection | None = None
+    ) -> None:
         self.rejections[f"vobiz_{endpoint}:{reason}"] += 1
-        client = conn.client.host if conn.client else None
+        client = conn.client.host if conn is not None and conn.client else None
         self.log.warning("vobiz_rejected", endpoint=endpoint, reason=reason, status=status, client=client)
 
     # -- HTTP callbacks -------------------------------------------------------------------------
@@ -126,7 +138,7 @@ class VobizFrontDoor:
             self.reject("hangup", refused.reason, status=refused.status, conn=request)
             return PlainTextResponse(refused.reason, status_code=refused.status)
         call_id = fields.get("CallUUID", "")[:64]
-        ended = await self.end_call(call_id, "hangup") if call_id else False
+        ended = await self.end_call(self.name, call_id, "hangup") if call_id else False
         self.log.info(
             "vobiz_hangup",
             call_sid=call_id or None,
