@@ -4,8 +4,8 @@ parsed, when the app asks for it, instead of through the ASGI receive queue.
 Why: a call sends 50 media messages a second per track, and through ASGI each one costs a
 queue put and get, a task wake-up, a pause and resume of the transport's reading, and
 Starlette's receive checks, before the bridge does anything with it. Handled as it is parsed,
-a media message costs its parse and the bridge's own work (see the README's performance
-section for what this bought).
+a media message costs its parse and the bridge's own work (see docs/sizing.md for what
+this bought).
 
 Everything else stays ASGI: the handshake, accept or denial, close, disconnect, and any
 message the handler declines. An app sees the extension in ``scope["extensions"]`` and
