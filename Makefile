@@ -7,7 +7,7 @@ PORT ?= 8000
 # Tests wait on sockets and timers far more than on the CPU: four workers on two cores.
 TEST_WORKERS ?= 4
 
-.PHONY: install run test bench bench-load clean
+.PHONY: install run check test bench bench-load clean
 
 $(BIN)/bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ install: $(BIN)/bridge
 run: install
 	$(BIN)/bridge serve --dev --host $(HOST) --port $(PORT)
 
+# Style and types, checked by machines: ruff (lint and format) and mypy --strict.
+check: install
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
+	$(BIN)/mypy
+
+# The suite, with a branch-coverage floor (pyproject's [tool.coverage.report] fail_under).
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --cov --cov-report=term:skip-covered
 
 bench: install
 	$(BIN)/python -m bench.fidelity
@@ -32,4 +39,4 @@ bench-load: install
 	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv313 .pytest_cache emulator-audio
+	rm -rf $(VENV) .venv313 .pytest_cache .mypy_cache .ruff_cache .coverage emulator-audio

@@ -247,13 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             ratio = "n/a"
         rows.append([label, target, *map(fmt, values), ratio, "yes" if ok(a) else "NO"])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
-    print(f"\nsignal: {args.seconds:.0f} s speech-like synthetic via μ-law; sample: {SAMPLE.name}"
-          f"{'' if sample is not None else ' (missing)'}; reference: soxr VHQ one-shot")
+    print(
+        f"\nsignal: {args.seconds:.0f} s speech-like synthetic via μ-law; sample: {SAMPLE.name}"
+        f"{'' if sample is not None else ' (missing)'}; reference: soxr VHQ one-shot"
+    )
     return 0 if all(TARGETS[k][2](getattr(ours, k)) for k in TARGETS) else 1
 
 

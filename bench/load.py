@@ -47,6 +47,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
@@ -402,7 +403,7 @@ def _cpu_figures(figures: Figures, before: Snapshot, after: Snapshot) -> None:
     if "emulator" in after.cpu:
         figures.emulator_cpu_pct = 100 * (after.cpu["emulator"] - before.cpu["emulator"]) / figures.window_s
     if after.cores:
-        shares = [a.busy_share_since(b) for a, b in zip(after.cores, before.cores)]
+        shares = [a.busy_share_since(b) for a, b in zip(after.cores, before.cores, strict=True)]
         figures.load_cpus_busy_pct = 100 * sum(shares) / len(shares)
     if after.server_core is not None and before.server_core is not None:
         core_pct = 100 * after.server_core.busy_share_since(before.server_core)
@@ -467,7 +468,7 @@ def _upstream_figures(figures: Figures, emulator_url: str, out: Path, window: tu
                 after_close.append((s["ended_at"] - s["server_closed_at"]) * 1000)
         if window is not None:
             lags += delivery_lags_ms(s["arrivals"], sent[i], call["stop_at"] or math.inf, window)
-    for sid, (i, call) in calls.items():
+    for sid, (_, call) in calls.items():
         expected = call["frames_sent"] * FRAME_BYTES * OUT_BYTES_PER_IN_BYTE
         got = received.get(sid, 0)
         figures.frames_received += min(got, expected) // (FRAME_BYTES * OUT_BYTES_PER_IN_BYTE)
@@ -549,6 +550,7 @@ def verdict(f: Figures) -> str:
 
 def find_max(base: Plan, work: Path, cpus: Cpus, step_s: float, limit: int) -> None:
     """Double the calls until a step fails, then bisect; prints the most that passed."""
+
     def step(calls: int) -> Figures:
         ramp_s = calls / base.ramp_rate
         plan = Plan(calls, max(step_s, ramp_s + SETTLE_S + 6), base.tracks, base.ramp_rate)

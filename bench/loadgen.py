@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from bridge.simulator.audio import load_ulaw
+from bridge.providers.twilio.signature import compute_signature
 from bridge.providers.twilio.simulator import new_sid
 from bridge.providers.twilio.stream import connected_message, media_message, start_message, stop_message
-from bridge.providers.twilio.signature import compute_signature
+from bridge.simulator.audio import load_ulaw
 
 try:
     from websockets.speedups import apply_mask
@@ -284,7 +284,7 @@ class LoadGenerator:
             await loop.create_connection(lambda: call, self.host, self.port)
             assert call.opened is not None
             await asyncio.wait_for(call.opened, 30)
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ConnectionError) as exc:
             call.error = call.error or f"{type(exc).__name__}: {exc}"
             if call.transport is not None:
                 call.transport.abort()

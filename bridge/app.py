@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
-from bridge.live.call import Call
+from bridge.live.call import Call, CallSettings
 from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
 from bridge.live.registry import CallRegistry
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -70,18 +69,14 @@ class Bridge:
         self.settings = settings
         self.log = log if log is not None else structlog.get_logger("bridge")
         self.calls = CallRegistry()
-        self.eka: EkaClient | None = None
         self.ledger = Ledger(
             settings.ledger_path, boot_id=secrets.token_hex(8), keep_results=bool(settings.result_webhook_url)
         )
-        self.sweeper: Sweeper | None = None
-        self.results: ResultPoller | None = None
-        self.delivery: ResultDelivery | None = None
         self.draining = False
-        self._eka_transport = eka_transport
         #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
         self.rejections: Counter[str] = Counter()
         self.metrics = Metrics(active_calls=lambda: len(self.calls.active), rejections=self.rejections)
+        self._build_eka_parts(settings, eka_transport)
         self.records = CallRecords(
             self.ledger,
             api_key=settings.api_key,
@@ -99,6 +94,7 @@ class Bridge:
             if settings.eka_webhook_signing_key
             else None
         )
+        self.call_settings = CallSettings.of(settings)
         self.providers = build_providers(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
         self._admitting = 0  # streams past the capacity check but not yet in self.calls
         self._tasks: set[asyncio.Task[Any]] = set()  # finalizations not owned by a socket handler
@@ -125,92 +121,100 @@ class Bridge:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Open the ledger and start the background workers; on the way out, let calls finish,
+        stop the workers, close the ledger and the HTTP clients. Every part exists already."""
         s = self.settings
+        await self.ledger.open()
+        workers = [
+            asyncio.create_task(self.sweeper.run(), name="sweeper"),
+            asyncio.create_task(self.results.run(), name="results"),
+        ]
+        if self.delivery is not None:
+            workers.append(asyncio.create_task(self.delivery.run(), name="deliveries"))
+        self.log.info(
+            "bridge_ready",
+            eka_base_url=s.eka_base_url,
+            development=s.development,
+            ledger=s.ledger_path,
+            result_delivery=bool(self.delivery),
+            eka_webhook=bool(s.eka_webhook_signing_key),
+            calls_api=bool(s.api_key),
+        )
+        try:
+            yield
+        finally:
+            await self._settle_calls()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self.ledger.close()
+            for client in self._http_clients:
+                await client.aclose()
+
+    def _build_eka_parts(self, s: Settings, transport: httpx.AsyncBaseTransport | None) -> None:
+        """The Eka client and the workers that use it, each ready to use; the lifespan only
+        opens the ledger and starts the workers. HTTP clients connect lazily."""
         timeout = httpx.Timeout(s.http_timeout_s, connect=min(10.0, s.http_timeout_s))
         # Result polls get their own connection pool (and a read timeout above Eka's ~14 s long
         # poll), so they can never hold up a call's Create or End Session.
         polling = httpx.Timeout(max(LONG_POLL_TIMEOUT_S, s.http_timeout_s), connect=min(10.0, s.http_timeout_s))
         background = self.log.bind(call_sid=None, stream_sid=None, session_id=None)
-        async with AsyncExitStack() as stack:
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout, transport=self._eka_transport))
-            results_http = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=polling, transport=self._eka_transport)
-            )
-            backoff = Backoff(s.backoff_base_s, s.backoff_max_s)
-            tokens = TokenProvider(
-                http,
-                base_url=s.eka_base_url,
-                client_id=s.eka_client_id,
-                client_secret=s.eka_client_secret,
-                static_token=s.eka_access_token,
-                budget_s=s.create_budget_s,
-                backoff=backoff,
-                log=self.log,
-                observe=self.metrics.eka_request,
-            )
-            eka_options: dict[str, Any] = dict(
-                base_url=s.eka_base_url,
-                create_budget_s=s.create_budget_s,
-                end_budget_s=s.end_budget_s,
-                backoff=backoff,
-                observe=self.metrics.eka_request,
-            )
-            self.eka = EkaClient(http, tokens, log=self.log, **eka_options)
-            await self.ledger.open()
-            self.sweeper = Sweeper(
+        http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        results_http = httpx.AsyncClient(timeout=polling, transport=transport)
+        self._http_clients = [http, results_http]
+        backoff = Backoff(s.backoff_base_s, s.backoff_max_s)
+        tokens = TokenProvider(
+            http,
+            base_url=s.eka_base_url,
+            client_id=s.eka_client_id,
+            client_secret=s.eka_client_secret,
+            static_token=s.eka_access_token,
+            budget_s=s.create_budget_s,
+            backoff=backoff,
+            log=self.log,
+            observe=self.metrics.eka_request,
+        )
+        eka_options: dict[str, Any] = dict(
+            base_url=s.eka_base_url,
+            create_budget_s=s.create_budget_s,
+            end_budget_s=s.end_budget_s,
+            backoff=backoff,
+            observe=self.metrics.eka_request,
+        )
+        self.eka = EkaClient(http, tokens, log=self.log, **eka_options)
+        self.sweeper = Sweeper(
+            self.ledger,
+            self.eka,
+            # An orphan's socket died with its process; the server flushed it on disconnect,
+            # without a signal: never End it before the settle time has passed.
+            grace_s=max(s.sweep_grace_s, s.flush_settle_s),
+            interval_s=s.sweep_interval_s,
+            log=background,
+        )
+        self.delivery: ResultDelivery | None = None  # only with a result webhook configured
+        if s.result_webhook_url and s.result_webhook_secret:
+            delivery_http = httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_S)
+            self._http_clients.append(delivery_http)
+            self.delivery = ResultDelivery(
                 self.ledger,
-                self.eka,
-                # An orphan's socket died with its process; the server flushed it on disconnect,
-                # without a signal: never End it before the settle time has passed.
-                grace_s=max(s.sweep_grace_s, s.flush_settle_s),
-                interval_s=s.sweep_interval_s,
-                log=background,
-            )
-            if s.result_webhook_url and s.result_webhook_secret:
-                delivery_http = await stack.enter_async_context(httpx.AsyncClient(timeout=ATTEMPT_TIMEOUT_S))
-                self.delivery = ResultDelivery(
-                    self.ledger,
-                    delivery_http,
-                    url=s.result_webhook_url,
-                    secret=s.result_webhook_secret,
-                    backoff=Backoff(s.result_webhook_backoff_s, s.result_webhook_backoff_max_s),
-                    give_up_s=s.result_webhook_give_up_s,
-                    metrics=self.metrics,
-                    log=background,
-                )
-            self.results = ResultPoller(
-                self.ledger,
-                EkaClient(results_http, tokens, log=background, **eka_options),
-                interval_s=s.result_poll_s,
-                deadline_s=s.result_deadline_s,
-                fallback_interval_s=s.webhook_fallback_poll_s if s.eka_webhook_signing_key else None,
+                delivery_http,
+                url=s.result_webhook_url,
+                secret=s.result_webhook_secret,
+                backoff=Backoff(s.result_webhook_backoff_s, s.result_webhook_backoff_max_s),
+                give_up_s=s.result_webhook_give_up_s,
                 metrics=self.metrics,
                 log=background,
-                on_recorded=self.delivery.wake if self.delivery else lambda: None,
             )
-            workers = [
-                asyncio.create_task(self.sweeper.run(), name="sweeper"),
-                asyncio.create_task(self.results.run(), name="results"),
-            ]
-            if self.delivery is not None:
-                workers.append(asyncio.create_task(self.delivery.run(), name="deliveries"))
-            self.log.info(
-                "bridge_ready",
-                eka_base_url=s.eka_base_url,
-                development=s.development,
-                ledger=s.ledger_path,
-                result_delivery=bool(self.delivery),
-                eka_webhook=bool(s.eka_webhook_signing_key),
-                calls_api=bool(s.api_key),
-            )
-            try:
-                yield
-            finally:
-                await self._settle_calls()
-                for worker in workers:
-                    worker.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                await self.ledger.close()
+        self.results = ResultPoller(
+            self.ledger,
+            EkaClient(results_http, tokens, log=background, **eka_options),
+            interval_s=s.result_poll_s,
+            deadline_s=s.result_deadline_s,
+            fallback_interval_s=s.webhook_fallback_poll_s if s.eka_webhook_signing_key else None,
+            metrics=self.metrics,
+            log=background,
+            on_recorded=self.delivery.wake if self.delivery else lambda: None,
+        )
 
     # -- shutdown: drain, then finalize what is left ----------------------------------------
 
@@ -276,7 +280,7 @@ class Bridge:
 
     async def _eka_notified(self, session_id: str) -> bool:
         """Eka's webhook says a session is processed: the result poller fetches it now."""
-        return self.results is not None and await self.results.notified(session_id)
+        return await self.results.notified(session_id)
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -293,7 +297,6 @@ class Bridge:
         A stream whose ``start`` names a call waiting out its reconnect grace period
         (Vobiz: new streamId, same callId) joins that call instead of starting one.
         """
-        assert self.eka is not None
         try:  # draining, signature/token, capacity: an HTTP status before accept, no Eka call
             if self.draining:
                 raise Refused(503, "draining")
@@ -392,10 +395,9 @@ class Bridge:
                 await asyncio.shield(self._finish(call, reason))
 
     def _new_call(self, provider: Provider) -> Call:
-        assert self.eka is not None
         return Call(
             provider=provider.name,
-            settings=self.settings,
+            settings=self.call_settings,
             eka=self.eka,
             log=self.log,
             ledger=self.ledger,
@@ -478,8 +480,7 @@ class Bridge:
             call.log.exception("call_finish_failed")
         finally:
             await self.calls.done(call, summary)
-        if self.results is not None:  # its sessions are ended: follow them to their results
-            self.results.wake()
+        self.results.wake()  # its sessions are ended: follow them to their results
         if self.delivery is not None:  # the call's results may all be in already
             self.delivery.wake()
 

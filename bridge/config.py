@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bridge.routing import DEFAULT_CONSENT_TEXT, MODES as CALL_MODES, RoutingTable, is_e164, load_routes
+from bridge.routing import DEFAULT_CONSENT_TEXT, RoutingTable, is_e164, load_routes
+from bridge.routing import MODES as CALL_MODES
 
 DEFAULT_EKA_BASE_URL = "https://api.eka.care"
 SESSION_MODES = ("consultation", "dictation")
@@ -146,8 +147,7 @@ class Settings:
             sweep_grace_s=r.number("BRIDGE_SWEEP_GRACE_S", 10.0, 0, 3600),
             sweep_interval_s=r.number("BRIDGE_SWEEP_INTERVAL_S", 60.0, 0.1, 86400),
             development=dev,
-            log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json")
-            or "json",
+            log_format=r.choice("BRIDGE_LOG_FORMAT", ("json", "console"), "console" if dev else "json") or "json",
             call_mode=r.choice("BRIDGE_MODE", CALL_MODES, "forward") or "forward",
             forward_number=r.e164("BRIDGE_FORWARD_NUMBER"),
             consent=r.flag("BRIDGE_CONSENT", True),
@@ -181,7 +181,8 @@ class Settings:
         if settings.rollover_margin_s < settings.finalize_budget_s:
             r.problems.append(
                 f"BRIDGE_ROLLOVER_MARGIN_S={settings.rollover_margin_s:g} must cover a session's finish:"
-                f" BRIDGE_FLUSH_WAIT_S + BRIDGE_FLUSH_SETTLE_S + EKA_END_RETRY_BUDGET_S = {settings.finalize_budget_s:g}"
+                " BRIDGE_FLUSH_WAIT_S + BRIDGE_FLUSH_SETTLE_S + EKA_END_RETRY_BUDGET_S"
+                f" = {settings.finalize_budget_s:g}"
             )
         if settings.result_webhook_url and not settings.result_webhook_secret:
             r.problems.append("RESULT_WEBHOOK_URL is set without RESULT_WEBHOOK_SECRET (deliveries are signed)")

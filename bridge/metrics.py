@@ -71,10 +71,15 @@ class Metrics:
             "bridge_relayed_bytes", "16 kHz PCM bytes sent to EkaScribe (replays excluded).", ["provider"], registry=r
         )
         self.gap_filled = Counter(
-            "bridge_gap_filled_seconds", "Silence inserted for missing or late telephony audio.", ["provider"], registry=r
+            "bridge_gap_filled_seconds",
+            "Silence inserted for missing or late telephony audio.",
+            ["provider"],
+            registry=r,
         )
         self.upstream_drops = Counter(
-            "bridge_upstream_reconnects", "EkaScribe stream sockets lost mid-call (then resumed or continued).", registry=r
+            "bridge_upstream_reconnects",
+            "EkaScribe stream sockets lost mid-call (then resumed or continued).",
+            registry=r,
         )
         self.continuations = Counter(
             "bridge_continuation_sessions", "Continuation sessions opened after a stream could not resume.", registry=r
@@ -94,7 +99,10 @@ class Metrics:
             registry=r,
         )
         self.telephony_reconnects = Counter(
-            "bridge_telephony_reconnects", "Telephony streams resumed within the grace period.", ["provider"], registry=r
+            "bridge_telephony_reconnects",
+            "Telephony streams resumed within the grace period.",
+            ["provider"],
+            registry=r,
         )
         self.dropped = Counter(
             "bridge_dropped_audio_bytes",
@@ -118,9 +126,7 @@ class Metrics:
             ["endpoint", "status"],
             registry=r,
         )
-        self.results = Counter(
-            "bridge_results", "Session results recorded, by status.", ["status"], registry=r
-        )
+        self.results = Counter("bridge_results", "Session results recorded, by status.", ["status"], registry=r)
         self.deliveries = Counter(
             "bridge_result_deliveries",
             "Result webhook attempts by outcome: delivered, retried (failed, will retry), given_up.",
@@ -144,7 +150,9 @@ class Metrics:
             self.relay_lag.observe(max(0.0, lag_s))
 
     def call_finished(self, provider: str, summary: dict[str, Any]) -> None:
-        self.calls.labels(provider, summary.get("end_status") or "unknown", summary.get("end_reason") or "unknown").inc()
+        self.calls.labels(
+            provider, summary.get("end_status") or "unknown", summary.get("end_reason") or "unknown"
+        ).inc()
         gap_ms = sum((summary.get("gap_filled_ms") or {}).values())
         if gap_ms:
             self.gap_filled.labels(provider).inc(gap_ms / 1000)

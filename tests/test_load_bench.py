@@ -22,7 +22,7 @@ from bridge.audio.resample import HALF_SPAN
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.providers.twilio.stream import media_message
 from tests.harness import running
-from tests.test_call import ulaw_call
+from tests.live.test_call import ulaw_call
 
 
 def received_frames(data: bytes) -> list[tuple[Opcode, bytes]]:
@@ -44,9 +44,7 @@ def test_pre_masked_media_frames_are_exactly_the_simulators_messages() -> None:
         k, track = divmod(n, 2)
         track_name = ("outbound", "inbound")[track]
         assert message["streamSid"] == sid
-        expected = media_message(
-            2 + n, stream_sid=sid, track=track_name, chunk=k + 1, timestamp_ms=20 * k, payload=b""
-        )
+        expected = media_message(2 + n, stream_sid=sid, track=track_name, chunk=k + 1, timestamp_ms=20 * k, payload=b"")
         assert {**message, "media": {**message["media"], "payload": ""}} == {
             **expected,
             "media": {**expected["media"], "payload": ""},

@@ -21,9 +21,9 @@ from bridge.audio.resample import HALF_SPAN
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import CLIENT_ID, CLIENT_SECRET, assert_processed_whole
+from tests.live.test_call import received_pcm, ulaw_call
+from tests.live.test_failures import expected_stream
 from tests.servers import serve
-from tests.test_call import received_pcm, ulaw_call
-from tests.test_failures import expected_stream
 
 pytestmark = pytest.mark.anyio
 TWILIO_TOKEN = "twilio-test-token"
@@ -223,7 +223,9 @@ async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path
             assert health["active_calls"] == 0  # every refused socket released its slot
 
             calling = asyncio.create_task(
-                replay(bridge.stream_url, plan_messages(TwilioCall(), ulaw_call(20.0)), pace=1.0, auth_token=TWILIO_TOKEN)
+                replay(
+                    bridge.stream_url, plan_messages(TwilioCall(), ulaw_call(20.0)), pace=1.0, auth_token=TWILIO_TOKEN
+                )
             )
             await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
             began = time.monotonic()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -39,7 +39,7 @@ def parse_since(value: str | None) -> float:
         pass
     moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -130,9 +130,7 @@ class CallRecords:
             )
         rows = await self._ledger.call_records(since=since, limit=limit)
         next_since = rows[-1]["started_at"] + 1e-6 if len(rows) == limit else None
-        return JSONResponse(
-            {"calls": [record(r, deliveries=self._deliveries) for r in rows], "next_since": next_since}
-        )
+        return JSONResponse({"calls": [record(r, deliveries=self._deliveries) for r in rows], "next_since": next_since})
 
     def _refused(self, request: Request) -> Response | None:
         """None when the request carries the key; else the answer (404 when there is no API)."""

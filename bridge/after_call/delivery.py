@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from bridge.eka.retry import Backoff
 from bridge.after_call.ledger import DueDelivery, Ledger
-from bridge.metrics import Metrics
 from bridge.after_call.result_poller import call_status
+from bridge.eka.retry import Backoff
+from bridge.metrics import Metrics
 from bridge.signing import sign
 
 SIGNATURE_HEADER = "X-Bridge-Signature"
@@ -36,7 +36,7 @@ IDLE_S = 60.0
 def iso(moment: float | None) -> str | None:
     if moment is None:
         return None
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def payload(job: DueDelivery) -> dict[str, Any]:

@@ -30,15 +30,19 @@ MAX_BODY_BYTES = 64 * 1024
 STATUS_FOR = {"signature_missing": 401, "signature_malformed": 401}
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def session_of(notification: Any) -> tuple[str | None, str | None]:
     """(event, session id) from either documented shape (spec §7.2): ``{"event", "data":
     {"session_id" | "transaction_id"}}`` or ``{"event_id", "payload": {"event", "transaction_id"}}``.
     For protocol sessions the transaction id is the session id."""
     if not isinstance(notification, dict):
         return None, None
-    payload = notification.get("payload") if isinstance(notification.get("payload"), dict) else {}
-    data = notification.get("data") if isinstance(notification.get("data"), dict) else {}
-    inner = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    payload = _object(notification.get("payload"))
+    data = _object(notification.get("data"))
+    inner = _object(payload.get("data"))
     event = notification.get("event") or notification.get("event_id") or payload.get("event")
     for source in (data, inner, payload):
         for key in ("session_id", "transaction_id"):

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -278,9 +281,7 @@ class Ledger:
         return rows[0] if rows else None
 
     async def sessions_of(self, call_sid: str) -> list[dict[str, Any]]:
-        return await self._run(
-            self._rows, "SELECT * FROM sessions WHERE call_sid = ? ORDER BY part", (call_sid,)
-        )
+        return await self._run(self._rows, "SELECT * FROM sessions WHERE call_sid = ? ORDER BY part", (call_sid,))
 
     async def awaiting_results(self) -> list[AwaitingResult]:
         """Ended sessions without a result yet, oldest first (what the result poller follows)."""
@@ -325,9 +326,7 @@ class Ledger:
         return await self._run(self._transaction, due)
 
     async def next_delivery_at(self) -> float | None:
-        rows = await self._run(
-            self._rows, "SELECT min(next_at) AS next_at FROM deliveries WHERE state = 'pending'", ()
-        )
+        rows = await self._run(self._rows, "SELECT min(next_at) AS next_at FROM deliveries WHERE state = 'pending'", ())
         return rows[0]["next_at"] if rows else None
 
     async def call_records(
@@ -341,9 +340,7 @@ class Ledger:
                 calls = _dicts(db.execute("SELECT * FROM calls WHERE call_sid = ?", (call_sid,)))
             else:
                 calls = _dicts(
-                    db.execute(
-                        "SELECT * FROM calls WHERE started_at >= ? ORDER BY started_at LIMIT ?", (since, limit)
-                    )
+                    db.execute("SELECT * FROM calls WHERE started_at >= ? ORDER BY started_at LIMIT ?", (since, limit))
                 )
             for call in calls:
                 call["sessions"] = _dicts(
@@ -367,8 +364,9 @@ class Ledger:
 
     # -- on the worker thread -----------------------------------------------------------
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` on the ledger's own thread: the event loop (and the audio path) never waits on the disk."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -387,7 +385,7 @@ class Ledger:
         assert self._db is not None, "ledger not open"
         self._db.execute(sql, params)
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one transaction: all of it lands, or none of it."""
         assert self._db is not None, "ledger not open"
         db = self._db
@@ -435,4 +433,4 @@ class Ledger:
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from bridge.after_call.ledger import AwaitingResult, Ledger, SessionResult
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
-from bridge.after_call.ledger import AwaitingResult, Ledger, SessionResult
 from bridge.metrics import Metrics
 
 #: How often the queue is re-read without being woken (sessions the sweeper ended, say).
@@ -160,7 +161,10 @@ class ResultPoller:
             if row.session_id not in self._followers:
                 task = asyncio.create_task(self._follow(row), name=f"result-{row.session_id}")
                 self._followers[row.session_id] = task
-                task.add_done_callback(lambda _t, sid=row.session_id: self._forget(sid))
+                task.add_done_callback(functools.partial(self._forgotten, row.session_id))
+
+    def _forgotten(self, session_id: str, _task: asyncio.Task[None]) -> None:
+        self._forget(session_id)
 
     def _forget(self, session_id: str) -> None:
         self._followers.pop(session_id, None)

@@ -7,9 +7,9 @@ import asyncio
 import time
 from typing import Any
 
+from bridge.after_call.ledger import Ledger
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
-from bridge.after_call.ledger import Ledger
 
 
 class Sweeper:
@@ -50,7 +50,9 @@ class Sweeper:
                 continue
             await self.ledger.session_ended(row.session_id, result.settled)
             settled += 1
-            log.info("sweep_session_ended", was=row.state, status=result.settled, orphan=row.boot_id != self.ledger.boot_id)
+            log.info(
+                "sweep_session_ended", was=row.state, status=result.settled, orphan=row.boot_id != self.ledger.boot_id
+            )
         self.settled += settled
         return settled
 

@@ -195,7 +195,5 @@ class ByteOrderDetector:
         }
         for order, stats in self._stats.items():
             out[f"lag1_{order}"] = round(stats.autocorrelation, 3)
-            out[f"rms_dbfs_{order}"] = (
-                round(20 * math.log10(stats.rms / 32768), 1) if stats.rms > 0 else None
-            )
+            out[f"rms_dbfs_{order}"] = round(20 * math.log10(stats.rms / 32768), 1) if stats.rms > 0 else None
         return out

@@ -93,16 +93,12 @@ class TrackStats:
 class Track:
     """One party's audio: timeline position, frames waiting their turn, resampler, pending output."""
 
-    def __init__(
-        self, name: str, input_rate: int, start_position: int, max_wait: int, *, offset: int = 0
-    ) -> None:
+    def __init__(self, name: str, input_rate: int, start_position: int, max_wait: int, *, offset: int = 0) -> None:
         if input_rate not in (8000, 16000):
             raise ValueError(f"unsupported input rate {input_rate}")
         self.name = name
         self.input_rate = input_rate
-        self.resampler: Upsampler2x | _Passthrough = (
-            Upsampler2x() if input_rate == 8000 else _Passthrough()
-        )
+        self.resampler: Upsampler2x | _Passthrough = Upsampler2x() if input_rate == 8000 else _Passthrough()
         self.position = start_position  # next input sample index to be played on the call timeline
         self.max_wait = max_wait  # input samples of audio a hole may hold up
         self.tolerance = input_rate * JITTER_TOLERANCE_MS // 1000

@@ -97,4 +97,5 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     """Round and saturate float samples to int16."""
     rounded = np.rint(samples)
     np.clip(rounded, -32768, 32767, out=rounded)
-    return rounded.astype(np.int16)
+    out: np.ndarray = rounded.astype(np.int16)
+    return out

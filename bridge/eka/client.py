@@ -7,7 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -68,9 +68,7 @@ class EkaClient:
         asked_at = time.time()  # the fallback expiry counts from before the server could have created it
         response, tries = await self._call("create", "POST", SESSIONS_PATH, self._create_budget_s, log, json=body)
         if response.status_code == 409 and tries > 1:
-            response, _ = await self._call(
-                "get", "GET", f"{SESSIONS_PATH}/{session_id}", self._create_budget_s, log
-            )
+            response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", self._create_budget_s, log)
         if response.status_code not in (200, 201, 202):
             raise EkaError("create", _error_reason(response), response.status_code, tries)
         try:
@@ -103,9 +101,7 @@ class EkaClient:
             return EndResult(response.status_code, "gone")
         raise EkaError("end", _error_reason(response), response.status_code, tries)
 
-    async def get_session(
-        self, session_id: str, *, log: Any | None = None, budget_s: float = 30.0
-    ) -> httpx.Response:
+    async def get_session(self, session_id: str, *, log: Any | None = None, budget_s: float = 30.0) -> httpx.Response:
         """One Get Session (transient failures retried within ``budget_s``). The server may hold
         it up to ~14 s while processing (spec §6): the client's read timeout must exceed that."""
         response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", budget_s, log)
@@ -121,12 +117,10 @@ class EkaClient:
         for renewed in (False, True):
             token = await self._tokens.get()
 
-            async def attempt() -> httpx.Response:
+            async def attempt(token: str = token) -> httpx.Response:
                 nonlocal tries
                 tries += 1
-                return await self._http.request(
-                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
-                )
+                return await self._http.request(method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
             response = await with_retries(
                 op,
@@ -162,7 +156,7 @@ def parse_expires_at(value: Any) -> float | None:
             except ValueError:
                 return None
             if moment.tzinfo is None:  # no zone given: Eka's examples are all UTC
-                moment = moment.replace(tzinfo=timezone.utc)
+                moment = moment.replace(tzinfo=UTC)
             seconds = moment.timestamp()
     else:
         return None

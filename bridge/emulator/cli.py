@@ -103,10 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--webhook-url", default=None, help="POST a v2rx.completed notification here when a session completes"
     )
-    parser.add_argument(
-        "--webhook-signing-key", default=None, help="sign those notifications (Eka-Webhook-Signature)"
-    )
-
+    parser.add_argument("--webhook-signing-key", default=None, help="sign those notifications (Eka-Webhook-Signature)")
 
     faults = parser.add_argument_group("faults (for failure drills)")
     faults.add_argument(

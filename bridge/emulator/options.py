@@ -48,10 +48,9 @@ class EmulatorOptions:
             raise ValueError("chunk_s must be > 0")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, not {self.outcome!r}")
-        if self.audio_dir is not None and not isinstance(self.audio_dir, Path):
-            self.audio_dir = Path(self.audio_dir)
-        if not isinstance(self.static_tokens, frozenset):
-            self.static_tokens = frozenset(self.static_tokens)
+        # Callers may pass a str and a set; keep one type each.
+        self.audio_dir = Path(self.audio_dir) if self.audio_dir is not None else None
+        self.static_tokens = frozenset(self.static_tokens)
         for name in ("token_ttl_s", "refresh_ttl_s", "processing_s", "session_ttl_s", "long_poll_s", "flush_delay_s"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be >= 0")

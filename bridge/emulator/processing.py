@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from structlog.typing import FilteringBoundLogger
 
@@ -88,7 +88,7 @@ class Processor:
         for template in session.templates or [DEFAULT_TEMPLATE]:
             session.documents.setdefault(template, "doc_" + secrets.token_hex(10))
         session.status = self._outcome()
-        session.completed_at = datetime.now(timezone.utc)
+        session.completed_at = datetime.now(UTC)
         self._log.info(
             "session_completed",
             session_id=session.session_id,

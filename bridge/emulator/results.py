@@ -7,7 +7,7 @@ which is what a test of the bridge actually needs to check.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.emulator.state import EmulatedSession
@@ -17,7 +17,7 @@ CHUNK_EXTENSION = "m4a"  # OSS converts stream chunks to m4a
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, as in the docs' examples."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def audio_files(session: EmulatedSession) -> list[str]:
@@ -53,7 +53,9 @@ def failed_templates(session: EmulatedSession) -> list[str]:
     return []
 
 
-def documents(session: EmulatedSession, template_id: str | None = None, document_id: str | None = None) -> list[dict[str, Any]]:
+def documents(
+    session: EmulatedSession, template_id: str | None = None, document_id: str | None = None
+) -> list[dict[str, Any]]:
     """``templates``: a list of single-key objects keyed by template id (P-YAML), filtered on request."""
     failed = set(failed_templates(session))
     items = []
@@ -74,7 +76,9 @@ def documents(session: EmulatedSession, template_id: str | None = None, document
             "publish": {},
         }
         if template in failed:
-            document.update(status="failure", data={}, errors=[{"type": "generation_failed", "message": EMULATED_FAILURE}])
+            document.update(
+                status="failure", data={}, errors=[{"type": "generation_failed", "message": EMULATED_FAILURE}]
+            )
         items.append({template: document})
     return items
 

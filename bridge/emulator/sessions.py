@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -68,7 +68,7 @@ class SessionEndpoints:
 
         session_id = parsed.session_id or self._store.new_session_id()
         stream_id = self._store.new_stream_id() if parsed.upload_type == "stream" else None
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         protocol = "websocket" if stream_id else "http"  # N-OAS/OSS derive it; a sent value is ignored
         additional = copy.deepcopy(parsed.additional_data) if parsed.additional_data is not None else {}
         additional["_protocol"] = {
@@ -140,7 +140,7 @@ class SessionEndpoints:
             sent = parse_end(await request.body())
         except ValidationError as exc:
             return invalid_request(exc.message, exc.details())
-        if is_expired(session, datetime.now(timezone.utc)):
+        if is_expired(session, datetime.now(UTC)):
             self._log.warning(
                 "session_end_expired",
                 session_id=session.session_id,
@@ -197,7 +197,7 @@ class SessionEndpoints:
             except TimeoutError:
                 pass
         if session.status == "created":
-            if is_expired(session, datetime.now(timezone.utc)):
+            if is_expired(session, datetime.now(UTC)):
                 return JSONResponse(results.expired_body(session), status_code=410)
             return JSONResponse(results.pending_body(session, "initialized"), status_code=202)
         if session.status == "processing":

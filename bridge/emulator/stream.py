@@ -21,7 +21,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import Message
@@ -84,7 +84,7 @@ class StreamEndpoint:
 
         await websocket.accept()
         session = self._store.by_stream(stream_id)
-        if session is None or datetime.now(timezone.utc) >= session.expires_at:
+        if session is None or datetime.now(UTC) >= session.expires_at:
             self._log.info("stream_refused", stream_id=stream_id, reason="unknown stream_id")
             await _close(websocket, UNKNOWN_STREAM, "unknown stream_id")
             record(UNKNOWN_STREAM)

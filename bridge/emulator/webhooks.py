@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -37,7 +37,7 @@ def notification(session: EmulatedSession) -> dict[str, Any]:
     return {
         "event": EVENT,
         "data": {"transaction_id": session.session_id, "session_id": session.session_id, "status": session.status},
-        "timestamp": iso(datetime.now(timezone.utc)),
+        "timestamp": iso(datetime.now(UTC)),
     }
 
 

@@ -4,14 +4,14 @@ The flow:
 
 1. ``handle`` takes each provider-neutral event from the telephony socket. It
    never waits on EkaScribe: audio is decoded, placed on the per-track
-   timelines, mixed, and put in a bounded outbox.
+   timelines, mixed, and put in a bounded PCM queue.
 2. On the first audio a background relay creates the Eka session, connects to its
-   ``upload_url`` and sends the outbox in ~100 ms batches. Audio that arrives
-   before the upstream is ready waits in the outbox. Before a session expires the
+   ``upload_url`` and sends the queue in ~100 ms batches. Audio that arrives
+   before the upstream is ready waits in the queue. Before a session expires the
    relay moves the call to a new one (a rollover); after a lost socket, to a
    continuation.
 3. ``finish`` runs exactly once, however the call ends (``stop``, the socket
-   closing, an error): it flushes the resampler tails into the outbox and closes
+   closing, an error): it flushes the resampler tails into the queue and closes
    it; the relay then drains it, sends ``stop``, waits for EkaScribe to close the
    socket (its last chunk is then in storage), and calls End Session exactly once
    per session.
@@ -23,20 +23,20 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bridge.after_call.ledger import Ledger
 from bridge.audio.byteorder import ByteOrderDetector
 from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
 from bridge.audio.mixer import OUTPUT_RATE, Mixer
-from bridge.config import Settings
+from bridge.config import ParamRoute, Settings
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
 from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
-from bridge.after_call.ledger import Ledger
-from bridge.live.pcm_queue import PcmOutbox, ReplayBuffer
+from bridge.live.pcm_queue import PcmQueue, ReplayBuffer
 from bridge.providers.events import (
     Connected,
     Dtmf,
@@ -81,6 +81,32 @@ def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
     raise ProtocolError("unsupported_format", fmt.encoding)
 
 
+@dataclass(frozen=True)
+class CallSettings:
+    """The settings a call uses, and only those (``Settings`` holds every setting of the service)."""
+
+    batch_ms: int
+    buffer_max_s: float
+    max_track_wait_ms: int
+    replay_s: float
+    stream_format: str
+    upstream_close_timeout_s: float
+    flush_wait_s: float
+    flush_settle_s: float
+    rollover_margin_s: float
+    finalize_budget_s: float
+    max_session_parts: int
+    session_mode: str
+    templates: tuple[str, ...]
+    model: str | None
+    language_hint: tuple[str, ...]
+    param_routes: tuple[ParamRoute, ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> CallSettings:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
 @dataclass
 class SessionPart:
     """One Eka session of a call. A call has more than one when its session would expire before
@@ -120,13 +146,13 @@ class Call:
         self,
         *,
         provider: str,
-        settings: Settings,
+        settings: CallSettings,
         eka: EkaClient,
         log: Any,
-        ledger: Ledger | None = None,
+        ledger: Ledger,
+        metrics: Metrics,
         session_overrides: Callable[[StreamStart], dict[str, Any]] | None = None,
         l16_byte_order: str = "big",
-        metrics: Metrics | None = None,
     ) -> None:
         self.provider = provider
         self.metrics = metrics
@@ -143,7 +169,7 @@ class Call:
         self.started_at = time.monotonic()
         self.start: StreamStart | None = None
         self.mixer: Mixer | None = None
-        self.outbox = PcmOutbox(int(settings.buffer_max_s * BYTES_PER_SECOND))
+        self.queue = PcmQueue(int(settings.buffer_max_s * BYTES_PER_SECOND))
         self.replay = ReplayBuffer(int(settings.replay_s * BYTES_PER_SECOND))
         self._batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
         self.parts: list[SessionPart] = []
@@ -187,7 +213,11 @@ class Call:
         elif isinstance(event, (Mark, Dtmf, Connected)):
             self.ignored_events[type(event).__name__.lower()] += 1
         elif isinstance(event, Unknown):
-            name = event.event if event.event in self.ignored_events or len(self.ignored_events) < MAX_EVENT_NAMES else "other"
+            name = (
+                event.event
+                if event.event in self.ignored_events or len(self.ignored_events) < MAX_EVENT_NAMES
+                else "other"
+            )
             self.ignored_events[name] += 1
             if self.ignored_events[name] == 1:
                 self.log.info("stream_event_ignored", stream_event=name)
@@ -270,7 +300,7 @@ class Call:
             return
         if self.relay is None and self.start is not None:
             # The session is opened on the first audio, not on ``start``: a stream that ends
-            # with no audio costs Eka nothing. The outbox holds the audio meanwhile.
+            # with no audio costs Eka nothing. The PCM queue holds the audio meanwhile.
             self.relay = asyncio.create_task(self._relay(), name=f"relay-{self.start.call_id}")
         if self._detector is not None:
             self._held.append(media)
@@ -294,16 +324,16 @@ class Call:
 
     def _queue(self, samples: np.ndarray) -> None:
         if len(samples):
-            dropped = self.outbox.dropped_bytes
-            self.outbox.put(pcm16_bytes(samples))
-            if self.outbox.dropped_bytes > dropped and not self._dropping:
+            dropped = self.queue.dropped_bytes
+            self.queue.put(pcm16_bytes(samples))
+            if self.queue.dropped_bytes > dropped and not self._dropping:
                 self._dropping = True  # one warning per episode; the summary has the total
                 self.log.warning(
                     "audio_dropped",
-                    reason="upstream too slow or unreachable; outbox full",
+                    reason="upstream too slow or unreachable; PCM queue full",
                     buffer_max_s=self.settings.buffer_max_s,
                 )
-            elif self._dropping and len(self.outbox) < self.outbox.max_bytes // 2:
+            elif self._dropping and len(self.queue) < self.queue.max_bytes // 2:
                 self._dropping = False
 
     # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
@@ -313,7 +343,7 @@ class Call:
         one expires (rollover) or after its socket is lost for good (continuation). Every
         session opened is finished (``stop``, the server's flush) and then ended, once."""
         try:
-            if self.ledger is not None and self.start is not None:
+            if self.start is not None:
                 await self.ledger.call_started(self.start.call_id, self.provider)
             part = await self._open_first_part()
             while part is not None:
@@ -354,7 +384,7 @@ class Call:
         )
         self.parts.append(part)
         self.log = self.log.bind(session_id=part.session_id)
-        if self.ledger is not None and self.start is not None:
+        if self.start is not None:
             await self.ledger.session_opened(part.session_id, self.start.call_id, self.provider, number)
         self.log.info(
             "eka_session_created",
@@ -366,7 +396,7 @@ class Call:
         return part
 
     async def _stream_into(self, part: SessionPart) -> SessionPart | None:
-        """Send the outbox into ``part``'s socket. Returns the part to carry on in (a rollover
+        """Send the PCM queue into ``part``'s socket. Returns the part to carry on in (a rollover
         or a continuation), or None once the call's audio is all sent and ``part`` is retiring.
 
         After a drop, the last ``replay_s`` of audio is sent again first: a seam may repeat a
@@ -395,13 +425,13 @@ class Call:
             self.log.info("upstream_connected", wire_format=settings.stream_format, connection=part.connections)
             try:
                 while True:
-                    if loop.time() >= part.rollover_at and not self.outbox.closed:
+                    if loop.time() >= part.rollover_at and not self.queue.closed:
                         following = await self._roll_over(part, upstream)
                         if following is not None or part.end_task is not None:
                             return following  # the next part, or none: out of time, given up
                     try:
-                        async with asyncio.timeout_at(part.rollover_at if not self.outbox.closed else None):
-                            batch = await self.outbox.next_batch(self._batch_bytes)
+                        async with asyncio.timeout_at(part.rollover_at if not self.queue.closed else None):
+                            batch = await self.queue.next_batch(self._batch_bytes)
                     except TimeoutError:
                         continue  # time to roll over
                     if batch is None:
@@ -410,7 +440,7 @@ class Call:
                     await upstream.send(batch)
                     part.streamed_bytes += len(batch)
                     self.relayed_bytes += len(batch)
-                    self._report(len(batch), self.outbox.batch_arrived_at)
+                    self._report(len(batch), self.queue.batch_arrived_at)
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()
@@ -437,7 +467,7 @@ class Call:
                 self.log.warning("rollover_failed", reason=exc.reason, retry_in_s=round(retry_s, 3))
                 return None
             # Out of time: this session must be finished and ended now. The audio waits in the
-            # outbox while one more Create is tried, with its whole retry budget.
+            # PCM queue while one more Create is tried, with its whole retry budget.
             self._retire(part, upstream)
             self.log.warning("rollover_late", reason=exc.reason)
             try:
@@ -446,8 +476,7 @@ class Call:
                 self._give_up("rollover", late.reason)
                 return None
         self.rollovers += 1
-        if self.metrics is not None:
-            self.metrics.rollover()
+        self.metrics.rollover()
         self.log.info("session_rollover", part=following.number, previous=part.session_id)
         self._retire(part, upstream)
         return following
@@ -470,8 +499,8 @@ class Call:
     def _give_up(self, stage: str, reason: str) -> None:
         """No session will take the rest of the call's audio: count it, and drop what follows."""
         self._fail(stage, reason)
-        self.upstream_lost_bytes += len(self.outbox)
-        self.outbox.discard()
+        self.upstream_lost_bytes += len(self.queue)
+        self.queue.discard()
 
     def _retire(self, part: SessionPart, upstream: UpstreamStream | None) -> None:
         """Finish ``part``'s stream and End it, in the background, once."""
@@ -487,8 +516,7 @@ class Call:
         if upstream is not None:
             done = await upstream.finish(flush_wait_s=s.flush_wait_s, close_timeout_s=s.upstream_close_timeout_s)
             part.flush_wait_s = done.wait_s
-            if self.metrics is not None:
-                self.metrics.flush_wait(done.wait_s, timed_out=not done.closed_by_server)
+            self.metrics.flush_wait(done.wait_s, timed_out=not done.closed_by_server)
             if done.closed_by_server:
                 part.finish = "flushed"
                 log.info("upstream_flushed", flush_wait_ms=round(done.wait_s * 1000, 1), close_code=done.close_code)
@@ -517,22 +545,17 @@ class Call:
         except EkaError as exc:
             part.end_status = "end_pending"
             self._fail("end_session", exc.reason)
-            if self.ledger is not None:
-                await self.ledger.session_end_pending(part.session_id, exc.reason)
+            await self.ledger.session_end_pending(part.session_id, exc.reason)
             return
         finally:
             self.end_latency_ms = round((time.monotonic() - started) * 1000, 1)
-            if self.metrics is not None:
-                self.metrics.end_session(self.end_latency_ms / 1000)
+            self.metrics.end_session(self.end_latency_ms / 1000)
         part.end_status = result.settled
-        if self.ledger is not None:
-            await self.ledger.session_ended(part.session_id, result.settled)
+        await self.ledger.session_ended(part.session_id, result.settled)
         log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
 
     def _report(self, relayed: int, arrived_at: float | None) -> None:
         """Metrics move per upstream batch (and once at the end), never per frame."""
-        if self.metrics is None:
-            return
         frames, nbytes = self._reported
         self._reported = (self.media_frames, self.media_bytes)
         self.metrics.relayed(
@@ -604,7 +627,7 @@ class Call:
         except Exception as exc:  # a bug: the audio already queued still goes to Eka
             self._fail("flush", type(exc).__name__)
             self.log.exception("flush_failed")
-        self.outbox.close()
+        self.queue.close()
         if self.relay is not None:
             try:
                 await self.relay
@@ -625,7 +648,7 @@ class Call:
             self.log.exception("summary_failed")
             summary = {"end_reason": reason, "end_status": self.end_status, "failure": f"summary: {type(exc).__name__}"}
         self.log.info("call_summary", **summary)
-        if self.ledger is not None and self.start is not None:
+        if self.start is not None:
             try:
                 if self.relay is None:  # the relay records a call as it opens its session
                     await self.ledger.call_started(self.start.call_id, self.provider)
@@ -653,9 +676,9 @@ class Call:
             "clock_discontinuities": sum(s.discontinuities for s in stats),
             "ignored_track_frames": mixer.ignored_track_frames if mixer else 0,
             "limited_samples": mixer.limited_samples if mixer else 0,
-            "dropped_bytes": self.outbox.dropped_bytes,
-            "outbox_high_water_bytes": self.outbox.high_water_bytes,
-            "discarded_bytes": self.outbox.discarded_bytes + self.upstream_lost_bytes,
+            "dropped_bytes": self.queue.dropped_bytes,
+            "outbox_high_water_bytes": self.queue.high_water_bytes,
+            "discarded_bytes": self.queue.discarded_bytes + self.upstream_lost_bytes,
             "bad_messages": dict(self.bad_messages),
             "end_latency_ms": self.end_latency_ms,
             "flush_wait_ms": self.parts[-1].summary()["flush_wait_ms"] if self.parts else None,

@@ -10,7 +10,9 @@ the Eka session is ended once, with ``end_reason`` ``idle_timeout`` or ``max_dur
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+
+from starlette.types import Message
+from starlette.websockets import WebSocket
 
 IDLE_TIMEOUT = "idle_timeout"
 MAX_DURATION = "max_duration"
@@ -62,7 +64,7 @@ class StreamLimits:
         if self.receiving and self._task is not None:
             self._task.cancel()
 
-    async def receive(self, websocket: Any) -> dict[str, Any]:
+    async def receive(self, websocket: WebSocket) -> Message:
         """The next ASGI message, or ``{"type": LIMIT_REACHED, "reason": …}`` once a limit is due."""
         if self.reached:
             return {"type": LIMIT_REACHED, "reason": self.reached}
@@ -70,11 +72,15 @@ class StreamLimits:
         try:
             return await websocket.receive()
         except asyncio.CancelledError:
-            if self.reached and self._task is not None and self._task.uncancel() == 0:
-                return {"type": LIMIT_REACHED, "reason": self.reached}
+            reached = self._reached()  # set by the timer while this waited
+            if reached and self._task is not None and self._task.uncancel() == 0:
+                return {"type": LIMIT_REACHED, "reason": reached}
             raise
         finally:
             self.receiving = False
+
+    def _reached(self) -> str | None:
+        return self.reached
 
     def close(self) -> None:
         """Stop the timer (the socket is done); must run before the call is finalized."""

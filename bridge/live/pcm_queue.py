@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 
-class PcmOutbox:
+class PcmQueue:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes - max_bytes % 2
         self._buf = bytearray()

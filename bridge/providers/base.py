@@ -63,12 +63,14 @@ class Provider(ABC):
         """Raise ``Refused`` unless the stream upgrade is authentic (before it is accepted)."""
 
     @abstractmethod
-    def reject(self, endpoint: str, reason: str, *, status: int | None = None, conn: HTTPConnection | None = None) -> None:
+    def reject(
+        self, endpoint: str, reason: str, *, status: int | None = None, conn: HTTPConnection | None = None
+    ) -> None:
         """Count and log one refused request or message (never its content or signature)."""
 
     @abstractmethod
     def session_overrides(self, start: StreamStart) -> dict[str, Any]:
         """Per-call Create Session options from the call's route (see ``bridge.routing``)."""
 
-    def announce(self) -> None:
+    def announce(self) -> None:  # noqa: B027 - optional: most providers have nothing to say
         """Say at start-up how this provider's traffic will be treated, when it is not the normal case."""

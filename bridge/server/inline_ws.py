@@ -66,12 +66,7 @@ class InlineTextProtocol(WebSocketsSansIOProtocol):
 
     def send_receive_event_to_app(self) -> None:
         handler = self._inline
-        if (
-            handler is not None
-            and self.curr_msg_data_type == "text"
-            and not self.close_sent
-            and self.queue.empty()
-        ):
+        if handler is not None and self.curr_msg_data_type == "text" and not self.close_sent and self.queue.empty():
             data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
             try:
                 consumed = handler(data.decode())

@@ -121,9 +121,7 @@ def _parse_fmt(body: bytes, path: Path) -> WavFormat:
         raise ValueError(f"{path}: WAV declares {channels} channels at {rate} Hz")
     width = (bits + 7) // 8
     if width < 1 or block_align != width * channels:
-        raise ValueError(
-            f"{path}: inconsistent WAV header ({bits}-bit, {channels} ch, block {block_align})"
-        )
+        raise ValueError(f"{path}: inconsistent WAV header ({bits}-bit, {channels} ch, block {block_align})")
     return WavFormat(tag, channels, rate, bits, block_align)
 
 
@@ -160,7 +158,5 @@ def _alaw_to_pcm16(codes: np.ndarray) -> np.ndarray:
     a = codes.astype(np.int32) ^ 0x55
     exponent = (a >> 4) & 0x07
     mantissa = (a & 0x0F) << 4
-    magnitude = np.where(
-        exponent == 0, mantissa + 8, (mantissa + 0x108) << np.maximum(exponent - 1, 0)
-    )
+    magnitude = np.where(exponent == 0, mantissa + 8, (mantissa + 0x108) << np.maximum(exponent - 1, 0))
     return np.where(a & 0x80, magnitude, -magnitude).astype(np.int16)

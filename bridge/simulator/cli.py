@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
-from bridge.simulator.audio import load_ulaw
 from bridge.providers.twilio.simulator import ReplayResult, TwilioCall, plan_messages, replay
 from bridge.providers.vobiz.simulator import (
     BYTE_ORDERS,
@@ -28,6 +27,7 @@ from bridge.providers.vobiz.simulator import (
     plan_connections,
     replay_connections,
 )
+from bridge.simulator.audio import load_ulaw
 
 T = TypeVar("T")
 
@@ -119,8 +119,8 @@ def run_twilio(args: argparse.Namespace) -> int:
     )
     plan = plan_messages(call, inbound, outbound)
     result, failed = _replay(prog, args.url, replay(args.url, plan, pace=args.pace, auth_token=args.twilio_auth_token))
-    if failed is not None:
-        return failed
+    if result is None:
+        return failed if failed is not None else 1
     print(summary(call, result))
     if not result.completed or result.close_code not in (1000, 1001):
         return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
@@ -162,8 +162,8 @@ def run_vobiz(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(prog, str(exc), 2)
     results, failed = _replay(prog, args.url, replay_connections(args.url, connections, pace=args.pace))
-    if failed is not None:
-        return failed
+    if results is None:
+        return failed if failed is not None else 1
     print(summary_vobiz(connections, results))
     for result in results:
         if not result.completed or result.close_code not in (1000, 1001):

@@ -6,9 +6,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 
-def interleaved_frames(
-    audio: Sequence[tuple[str, bytes]], frame_bytes: int
-) -> Iterator[tuple[int, float, str, bytes]]:
+def interleaved_frames(audio: Sequence[tuple[str, bytes]], frame_bytes: int) -> Iterator[tuple[int, float, str, bytes]]:
     """(tick, share of the audio complete when it may be sent, track, frame), in sending order.
 
     Tracks take turns within a tick in the order given; a track whose audio has ended just

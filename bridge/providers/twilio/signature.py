@@ -110,7 +110,7 @@ def validate(
         return False
     body_ok = True
     if body is not None:
-        claimed = parse_qs(urlsplit(url).query, keep_blank_values=True).get("bodySHA256")
+        claimed = parse_qs(urlsplit(url).query, keep_blank_values=True).get("bodySHA256") or []
         body_ok = bool(claimed) and _same(body_sha256(body), claimed[0])
         params = None
     urls = slash_variants(url) if either_slash else [url]

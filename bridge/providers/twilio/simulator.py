@@ -19,15 +19,15 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bridge.simulator.audio import TARGET_RATE, load_ulaw
-from bridge.simulator.framing import interleaved_frames
+from bridge.providers.twilio.signature import compute_signature
 from bridge.providers.twilio.stream import (
     connected_message,
     media_message,
     start_message,
     stop_message,
 )
-from bridge.providers.twilio.signature import compute_signature
+from bridge.simulator.audio import TARGET_RATE, load_ulaw
+from bridge.simulator.framing import interleaved_frames
 
 #: μ-law is one byte per sample, so bytes per millisecond at 8 kHz.
 BYTES_PER_MS = TARGET_RATE // 1000

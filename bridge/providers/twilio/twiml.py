@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from bridge.routing import CallRoute, is_e164
 from bridge.providers.envelope import xml_safe
+from bridge.routing import CallRoute, is_e164
 
 #: The ``<Parameter>`` that names the call's route; the stream handler looks it up again.
 ROUTE_PARAMETER = "route"
 APOLOGY_TEXT = "Sorry, this number cannot take calls right now. Please try again later. Goodbye."
 
 
-
 def _render(root: ET.Element) -> bytes:
-    body = ET.tostring(root, encoding="utf-8", xml_declaration=False)
-    return b'<?xml version="1.0" encoding="UTF-8"?>' + body
+    body = ET.tostring(root, encoding="unicode", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + body.encode("utf-8")
 
 
 def _say(parent: ET.Element, route: CallRoute, text: str) -> None:
@@ -48,9 +47,7 @@ def _stream(parent: ET.Element, *, stream_url: str, status_url: str, route_key: 
     return stream
 
 
-def forward(
-    route: CallRoute, *, stream_url: str, status_url: str, called: str | None, caller: str | None
-) -> bytes:
+def forward(route: CallRoute, *, stream_url: str, status_url: str, called: str | None, caller: str | None) -> bytes:
     """Announce, fork both parties to the bridge, and dial the clinician."""
     assert route.forward_to is not None
     root = ET.Element("Response")

@@ -191,9 +191,7 @@ class TwilioProvider(Provider):
             return self._twiml(twiml.unavailable(route))
         else:
             body = twiml.forward(route, called=called, caller=fields.get("From", "").strip() or None, **urls)
-        log.info(
-            "twilio_call_routed", mode=route.mode, route=route.number or "default", consent=route.consent
-        )
+        log.info("twilio_call_routed", mode=route.mode, route=route.number or "default", consent=route.consent)
         return self._twiml(body)
 
     @staticmethod

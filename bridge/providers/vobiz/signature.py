@@ -113,17 +113,13 @@ def _verify(
     return None
 
 
-def verify_v3(
-    auth_token: str, url: str, nonce: str | None, signature: str | None, nonces: NonceCache
-) -> str | None:
+def verify_v3(auth_token: str, url: str, nonce: str | None, signature: str | None, nonces: NonceCache) -> str | None:
     """None if the V3 signature is valid and its nonce is fresh, else a short reason:
     ``missing_signature``, ``bad_signature``, ``replayed_nonce`` (``no_auth_token`` if
     there is no token to check against)."""
     return _verify(compute_v3, auth_token, url, nonce, signature, nonces)
 
 
-def verify_v2(
-    auth_token: str, url: str, nonce: str | None, signature: str | None, nonces: NonceCache
-) -> str | None:
+def verify_v2(auth_token: str, url: str, nonce: str | None, signature: str | None, nonces: NonceCache) -> str | None:
     """As :func:`verify_v3`, for the ``X-Vobiz-Signature-V2`` headers."""
     return _verify(compute_v2, auth_token, url, nonce, signature, nonces)

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from bridge.audio.codec import pcm16_to_ulaw
+from bridge.providers.events import MediaFormat
+from bridge.providers.twilio.simulator import ReplayResult, replay
+from bridge.providers.vobiz.stream import media_message, parse_content_type, start_message
 from bridge.simulator.audio import load_pcm16, load_ulaw
 from bridge.simulator.framing import interleaved_frames
-from bridge.providers.twilio.simulator import ReplayResult, replay
-from bridge.providers.events import MediaFormat
-from bridge.providers.vobiz.stream import media_message, parse_content_type, start_message
 
 #: What ``<Stream contentType>`` may ask for inbound, and what the simulator can send.
 CONTENT_TYPES = ("audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000")
@@ -71,9 +71,7 @@ def media_format(content_type: str) -> MediaFormat:
     """The format a supported ``contentType`` names, or ValueError."""
     fmt = parse_content_type(content_type)
     if (fmt.encoding, fmt.sample_rate) not in _FORMATS:
-        raise ValueError(
-            f"unsupported content type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}"
-        )
+        raise ValueError(f"unsupported content type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}")
     return fmt
 
 
@@ -215,9 +213,7 @@ def plan_connections(
     return [
         Connection(
             call,
-            plan_messages(
-                call, first[:cut], second[:cut] if second else None, start_epoch_ms=epoch, **options
-            ),
+            plan_messages(call, first[:cut], second[:cut] if second else None, start_epoch_ms=epoch, **options),
         ),
         Connection(
             later,
@@ -232,9 +228,7 @@ def plan_connections(
     ]
 
 
-async def replay_connections(
-    url: str, connections: list[Connection], *, pace: float = 1.0
-) -> list[ReplayResult]:
+async def replay_connections(url: str, connections: list[Connection], *, pace: float = 1.0) -> list[ReplayResult]:
     """Replay each connection in turn on its own socket, each closed with 1000 at its end."""
     return [await replay(url, connection.plan, pace=pace) for connection in connections]
 

@@ -207,7 +207,6 @@ def media_message(
 # --- answer XML ----------------------------------------------------------------------------
 
 
-
 def answer_xml(
     *,
     stream_url: str,

@@ -16,17 +16,18 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge.after_call.eka_webhook import session_of
+from bridge.after_call.ledger import Ledger, SessionResult
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.emulator.results import transcript
 from bridge.emulator.webhooks import SentWebhook
-from bridge.after_call.eka_webhook import session_of
-from bridge.after_call.ledger import Ledger, SessionResult
-from bridge.signing import sign
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.signing import sign
+from tests import ROOT
 from tests.harness import CLIENT_ID, CLIENT_SECRET, LogCapture, bridge_running, running
+from tests.live.test_call import CALL_TIMEOUT, PACE, finished, ulaw_call
 from tests.receiver import SECRET, Receiver
 from tests.servers import serve
-from tests.test_call import CALL_TIMEOUT, PACE, finished, ulaw_call
 
 pytestmark = pytest.mark.anyio
 WAIT = 10.0
@@ -39,7 +40,7 @@ PAYLOAD_KEYS = {
 
 def readme_verify() -> Any:
     """The ``verify`` function the docs give clinics, exactly as written there."""
-    root = Path(__file__).parent.parent
+    root = ROOT
     text = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     block = next(b for b in text.split("```python\n")[1:] if "def verify(" in b).split("```")[0]
     namespace: dict[str, Any] = {}
@@ -61,9 +62,12 @@ def delivering(receiver: Receiver) -> dict[str, Any]:
 async def test_a_calls_result_is_polled_and_delivered_signed(tmp_path: Path) -> None:
     audio = ulaw_call(1.0)
     call = TwilioCall()
-    async with Receiver().running() as rx, running(
-        tmp_path, emulator_options={"processing_s": 0.3}, templates=("clinical_notes_template",), **delivering(rx)
-    ) as h:
+    async with (
+        Receiver().running() as rx,
+        running(
+            tmp_path, emulator_options={"processing_s": 0.3}, templates=("clinical_notes_template",), **delivering(rx)
+        ) as h,
+    ):
         await replay(h.twilio_url, plan_messages(call, audio), pace=PACE)
         await finished(h)
         assert h.bridge.delivery is not None
@@ -142,7 +146,7 @@ async def test_a_restart_between_end_and_result_resumes_polling(tmp_path: Path) 
         (session,) = emulator.sessions.values()
         with sqlite3.connect(ledger) as db:
             queued = db.execute("SELECT session_id FROM result_queue").fetchall()
-        assert first.results is not None and first.results.recorded == 0 and not rx.attempts
+        assert first.results.recorded == 0 and not rx.attempts
         assert queued == [(session.session_id,)]
 
         assert emulator.complete_processing() == 1  # Eka finishes while no bridge is running
@@ -170,9 +174,7 @@ async def test_a_restart_between_end_and_result_resumes_polling(tmp_path: Path) 
         ("expired", 410, 410),
     ],
 )
-async def test_every_final_state_is_recorded(
-    tmp_path: Path, outcome: str, fault: int | None, http_status: int
-) -> None:
+async def test_every_final_state_is_recorded(tmp_path: Path, outcome: str, fault: int | None, http_status: int) -> None:
     options = {"processing_s": 0.05, "outcome": outcome if fault is None else "completed"}
     templates = ("clinical_notes_template", "eka_emr_template")
     async with running(tmp_path, emulator_options=options, templates=templates, result_poll_s=0.05) as h:
@@ -180,7 +182,6 @@ async def test_every_final_state_is_recorded(
             h.emulator.faults.fail("get", fault)  # Eka has forgotten the session, or it expired
         await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=PACE)
         await finished(h)
-        assert h.bridge.results is not None
         await h.bridge.results.wait_recorded(1, WAIT)
         result = await h.bridge.ledger.result(h.only_session().session_id)
         metric = h.bridge.metrics.registry.get_sample_value("bridge_results_total", {"status": outcome})
@@ -196,7 +197,6 @@ async def test_a_result_that_never_comes_times_out_at_the_deadline(tmp_path: Pat
     ) as h:
         await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=PACE)
         await finished(h)
-        assert h.bridge.results is not None
         await h.bridge.results.wait_recorded(1, WAIT)
         result = await h.bridge.ledger.result(h.only_session().session_id)
         gets = h.emulator.count("get")
@@ -208,13 +208,14 @@ async def test_a_result_that_never_comes_times_out_at_the_deadline(tmp_path: Pat
 async def test_a_call_with_a_continuation_session_is_delivered_once_with_both(tmp_path: Path) -> None:
     audio = ulaw_call(4.0)
     call = TwilioCall()
-    async with Receiver().running() as rx, running(
-        tmp_path, emulator_options={"processing_s": 0.05}, **delivering(rx)
-    ) as h:
+    async with (
+        Receiver().running() as rx,
+        running(tmp_path, emulator_options={"processing_s": 0.05}, **delivering(rx)) as h,
+    ):
         h.emulator.faults.drop_stream_after(2 * 32000)  # 2 s in; the reconnect gets 4000: part 2
         await replay(h.twilio_url, plan_messages(call, audio), pace=4)  # still talking at the drop
         summary = await finished(h)
-        assert h.bridge.delivery is not None and h.bridge.results is not None
+        assert h.bridge.delivery is not None
         await h.bridge.delivery.wait_delivered(1, WAIT)
         recorded = h.bridge.results.recorded
         sessions = {s.session_id: s for s in h.emulator.sessions.values()}
@@ -240,7 +241,6 @@ async def test_the_eka_webhook_fetches_once_and_refuses_bad_or_stale_signatures(
         h.emulator.options.webhook_url = h.bridge_url + "/eka/webhook"  # as registered with Eka (§7.1)
         await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=PACE)
         await finished(h)
-        assert h.bridge.results is not None
         await h.bridge.results.wait_recorded(1, WAIT)
         sid = h.only_session().session_id
         result = await h.bridge.ledger.result(sid)
@@ -253,7 +253,9 @@ async def test_the_eka_webhook_fetches_once_and_refuses_bad_or_stale_signatures(
         async with httpx.AsyncClient(base_url=h.bridge_url, timeout=WAIT) as http:
 
             async def post(content: bytes, signature: str | None) -> httpx.Response:
-                return await http.post("/eka/webhook", content=content, headers={header: signature} if signature else {})
+                return await http.post(
+                    "/eka/webhook", content=content, headers={header: signature} if signature else {}
+                )
 
             answers = {
                 "wrong_key": await post(body, sign("not-the-eka-signing-key-000000", body, now)),
@@ -287,7 +289,10 @@ async def test_the_eka_webhook_fetches_once_and_refuses_bad_or_stale_signatures(
 
 def test_both_documented_notification_shapes_name_the_session() -> None:
     sdk = {"event": "v2rx.completed", "data": {"transaction_id": "txn_1", "session_id": "ses_1", "status": "completed"}}
-    sample = {"event_id": "v2rx.completed", "payload": {"event": "v2rx.completed", "transaction_id": "ses_2", "data": {}}}
+    sample = {
+        "event_id": "v2rx.completed",
+        "payload": {"event": "v2rx.completed", "transaction_id": "ses_2", "data": {}},
+    }
     assert session_of(sdk) == ("v2rx.completed", "ses_1")
     assert session_of(sample) == ("v2rx.completed", "ses_2")
     assert session_of([]) == (None, None) and session_of({"event": "x"}) == ("x", None)

@@ -9,6 +9,7 @@ only what storage holds when it arrives. So each test asserts on the audio EkaSc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ import pytest
 from bridge.config import ConfigError, Settings
 from bridge.eka.client import DEFAULT_SESSION_TTL_S, parse_expires_at
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from tests.after_call.test_results import delivering
 from tests.harness import Harness, assert_processed_whole, running
+from tests.live.test_call import PACE, finished, reference_16k, si_snr_db, ulaw_call
 from tests.receiver import Receiver
-from tests.test_call import PACE, finished, reference_16k, si_snr_db, ulaw_call
-from tests.test_results import delivering
 
 pytestmark = pytest.mark.anyio
 
@@ -63,9 +64,7 @@ async def test_every_second_sent_is_processed(tmp_path: Path, seconds: float, wi
 
 async def test_a_flush_slower_than_the_wait_is_settled_then_ended_and_counted(tmp_path: Path) -> None:
     audio = ulaw_call(2.0)
-    async with running(
-        tmp_path, emulator_options={"flush_delay_s": 1.2}, flush_wait_s=0.3, flush_settle_s=1.5
-    ) as h:
+    async with running(tmp_path, emulator_options={"flush_delay_s": 1.2}, flush_wait_s=0.3, flush_settle_s=1.5) as h:
         await replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=PACE)
         summary = await finished(h)
         session = h.only_session()
@@ -88,15 +87,18 @@ async def test_a_call_longer_than_its_session_rolls_over_without_a_gap(tmp_path:
     still valid, the processed audio of all of them the whole call exactly, one delivery."""
     audio = ulaw_call(7.0)
     emulator = {"session_ttl_s": 3.0, "flush_delay_s": 0.3, "expires_format": expires_format, "processing_s": 0.05}
-    async with Receiver().running() as rx, running(
-        tmp_path,
-        emulator_options=emulator,
-        rollover_margin_s=1.5,
-        flush_wait_s=1.0,
-        flush_settle_s=0.5,
-        end_budget_s=1.0,
-        **delivering(rx),
-    ) as h:
+    async with (
+        Receiver().running() as rx,
+        running(
+            tmp_path,
+            emulator_options=emulator,
+            rollover_margin_s=1.5,
+            flush_wait_s=1.0,
+            flush_settle_s=0.5,
+            end_budget_s=1.0,
+            **delivering(rx),
+        ) as h,
+    ):
         await replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=1.0)
         summary = await finished(h, count=1)
         assert h.bridge.delivery is not None
@@ -115,7 +117,7 @@ async def test_a_call_longer_than_its_session_rolls_over_without_a_gap(tmp_path:
         assert session.status in ("processing", "completed")
         ended_wall = time.time() - (time.monotonic() - session.ended_at)
         assert ended_wall < session.expires_at.timestamp()
-    for previous, session in zip(sessions, sessions[1:]):
+    for previous, session in itertools.pairwise(sessions):
         assert session.request["additional_data"]["continues_session"] == previous.session_id
         assert session.request["additional_data"]["reason"] == "rollover"
     # No gap and no overlap: the parts' processed audio, in order, is the call.

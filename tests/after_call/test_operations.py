@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -12,10 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from tests.after_call.test_results import WAIT, delivering
 from tests.harness import running
+from tests.live.test_call import PACE, finished, ulaw_call
 from tests.receiver import Receiver
-from tests.test_call import PACE, finished, ulaw_call
-from tests.test_results import WAIT, delivering
 
 pytestmark = pytest.mark.anyio
 API_KEY = "bridge-api-key-0123456789abcdef"
@@ -38,10 +38,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def test_calls_api_needs_the_key_and_returns_the_record(tmp_path: Path) -> None:
     audio = ulaw_call(0.5)
     call = TwilioCall()
-    async with Receiver().running() as rx, running(
-        tmp_path, api_key=API_KEY, emulator_options={"processing_s": 0.05}, **delivering(rx)
-    ) as h:
-        before = datetime.now(timezone.utc).isoformat()
+    async with (
+        Receiver().running() as rx,
+        running(tmp_path, api_key=API_KEY, emulator_options={"processing_s": 0.05}, **delivering(rx)) as h,
+    ):
+        before = datetime.now(UTC).isoformat()
         await replay(h.twilio_url, plan_messages(call, audio), pace=PACE)
         await finished(h)
         assert h.bridge.delivery is not None
@@ -104,9 +105,10 @@ async def test_metrics_move_as_calls_happen(tmp_path: Path) -> None:
     gap = set(media[100:110])  # 200 ms the phone network lost: filled with silence
     plan = [item for i, item in enumerate(plan) if i not in gap]
     plan.insert(media[50], (plan[media[50]][0], "not json"))  # one malformed message
-    async with running(
-        tmp_path, emulator_options={"processing_s": 0.05}, result_poll_s=0.05
-    ) as h, httpx.AsyncClient(base_url=h.bridge_url, timeout=WAIT) as http:
+    async with (
+        running(tmp_path, emulator_options={"processing_s": 0.05}, result_poll_s=0.05) as h,
+        httpx.AsyncClient(base_url=h.bridge_url, timeout=WAIT) as http,
+    ):
         before = parse((await http.get("/metrics")).text)
         h.emulator.faults.drop_stream_after(2 * 32000)  # an upstream drop and a continuation session
         calling = asyncio.create_task(replay(h.twilio_url, plan, pace=4))
@@ -114,7 +116,6 @@ async def test_metrics_move_as_calls_happen(tmp_path: Path) -> None:
         during = parse((await http.get("/metrics")).text)
         sent = await calling
         summary = await finished(h)
-        assert h.bridge.results is not None
         await h.bridge.results.wait_recorded(2, WAIT)
         scraped = await http.get("/metrics")
         after = parse(scraped.text)
@@ -163,7 +164,9 @@ def test_result_and_api_settings_are_validated_at_start_up() -> None:
     )
     assert good.result_webhook_url == "https://clinic.example/hooks/eka/"  # exactly as given
     assert good.result_deadline_s == 600 and good.result_poll_s == 1.0 and good.webhook_fallback_poll_s == 60
-    local = Settings.from_env({**base, "RESULT_WEBHOOK_URL": "http://127.0.0.1:9000/r", "RESULT_WEBHOOK_SECRET": "s" * 16})
+    local = Settings.from_env(
+        {**base, "RESULT_WEBHOOK_URL": "http://127.0.0.1:9000/r", "RESULT_WEBHOOK_SECRET": "s" * 16}
+    )
     assert local.result_webhook_url == "http://127.0.0.1:9000/r"  # a sidecar on this machine
     with pytest.raises(ConfigError) as error:
         Settings.from_env(

@@ -13,15 +13,16 @@ import soxr
 from websockets.exceptions import InvalidStatus
 
 from bridge.audio.codec import ulaw_to_pcm16
-from bridge.simulator.audio import load_pcm16, load_ulaw
 from bridge.providers.twilio.simulator import replay
-from bridge.providers.vobiz.simulator import VobizCall, plan_messages, simulate_vobiz
 from bridge.providers.vobiz.signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, compute_v3
+from bridge.providers.vobiz.simulator import VobizCall, plan_messages, simulate_vobiz
+from bridge.simulator.audio import load_pcm16, load_ulaw
+from tests import SAMPLES
 from tests.harness import Harness, assert_processed_whole, running
-from tests.test_call import finished, received_pcm, si_snr_db
+from tests.live.test_call import finished, received_pcm, si_snr_db
 
 pytestmark = pytest.mark.anyio
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
 CLINICIAN = SAMPLES / "clinician.wav"
 PACE = 25.0
 STREAM_TOKEN = "Tok3nForVobizStreams0123"

@@ -14,7 +14,7 @@ import base64
 import json
 import time
 import wave
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridge.emulator import EmulatedSession, Emulator
-from tests.test_emulator import WAIT, bearer, close_code, create_stream, login, make, running, tone
+from tests.emulator.test_emulator import WAIT, bearer, close_code, create_stream, login, make, running, tone
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +43,9 @@ async def send_audio(ws: ClientConnection, pcm: bytes, wire: str, rate: int) -> 
     """Binary frames, or the JSON envelope with ``start`` declaring the rate; 20 ms a frame."""
     step = int(FRAME_S * rate) * 2
     if wire == "json":
-        await ws.send(json.dumps({"event": "start", "start": {"mediaFormat": {"encoding": "audio/x-l16", "sampleRate": rate}}}))
+        await ws.send(
+            json.dumps({"event": "start", "start": {"mediaFormat": {"encoding": "audio/x-l16", "sampleRate": rate}}})
+        )
     for start in range(0, len(pcm), step):
         frame = pcm[start : start + step]
         if wire == "json":
@@ -52,7 +54,9 @@ async def send_audio(ws: ClientConnection, pcm: bytes, wire: str, rate: int) -> 
             await ws.send(frame)
 
 
-async def open_stream_session(emulator: Emulator, client: httpx.AsyncClient) -> tuple[str, dict[str, Any], str, EmulatedSession]:
+async def open_stream_session(
+    emulator: Emulator, client: httpx.AsyncClient
+) -> tuple[str, dict[str, Any], str, EmulatedSession]:
     """Log in and create a stream session: (token, Create's body, session id, the emulator's record)."""
     token = (await login(client))["access_token"]
     created = await create_stream(client, token)
@@ -119,7 +123,9 @@ async def test_client_closes_first_answered_at_once_and_end_loses_the_tail(tmp_p
                 answered = time.monotonic() - closing
             assert answered < 0.5, answered  # the WebSocket layer answers; the flush takes 1.0 s
 
-            ended = await client.post(f"/voice/v1/sessions/{sid}/end", json={"audio_files_sent": 0}, headers=bearer(token))
+            ended = await client.post(
+                f"/voice/v1/sessions/{sid}/end", json={"audio_files_sent": 0}, headers=bearer(token)
+            )
             assert ended.status_code == 202
             assert ended.json()["audio_files"] == ["0.m4a", "1.m4a"]
             assert session.flushed_at is None and session.server_closed_at is None
@@ -195,7 +201,9 @@ async def test_short_calls_by_how_they_end(tmp_path: Path, wire: str, seconds: f
     expected = pcm if ending == "stop" else pcm[:whole]
     assert (session.wire_mode, session.sample_rate) == (wire, rate)
     assert session.processed_audio == expected
-    assert ended.json()["audio_files_received"] == (len(session.stored_chunk_sizes) if ending == "stop" else whole // chunk_bytes)
+    assert ended.json()["audio_files_received"] == (
+        len(session.stored_chunk_sizes) if ending == "stop" else whole // chunk_bytes
+    )
     assert session.lost_after_end_bytes == len(pcm) - len(expected)
     assert bytes(session.stored) == pcm
     if expected:
@@ -288,7 +296,7 @@ async def test_end_after_expiry_is_410_and_processes_nothing(tmp_path: Path) -> 
 
         # Time itself is the event here: wait out both sessions' lifetime.
         last = emulator.sessions[unused["session_id"]].expires_at
-        await asyncio.sleep(max(0.0, (last - datetime.now(timezone.utc)).total_seconds()) + 0.01)
+        await asyncio.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds()) + 0.01)
         late = await client.post(f"/voice/v1/sessions/{sid}/end", json={"audio_files_sent": 0}, headers=bearer(token))
         assert late.status_code == 410 and late.json()["error"]["code"] == "session_expired"
         got = await client.get(f"/voice/v1/sessions/{sid}", headers=bearer(token))

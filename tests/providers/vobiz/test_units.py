@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import wave
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +14,8 @@ import soxr
 
 from bridge.audio.byteorder import ByteOrderDetector, decode_l16
 from bridge.audio.codec import ulaw_to_pcm16
-from bridge.simulator.audio import load_ulaw
-from bridge.providers.vobiz import stream as vobiz
 from bridge.providers.events import Dtmf, Media, MediaFormat, ProtocolError, StreamStart, Unknown
+from bridge.providers.vobiz import stream as vobiz
 from bridge.providers.vobiz.signature import (
     NonceCache,
     base_url,
@@ -26,8 +24,8 @@ from bridge.providers.vobiz.signature import (
     verify_v2,
     verify_v3,
 )
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+from bridge.simulator.audio import load_ulaw
+from tests import SAMPLES
 
 # The newer nested shapes, as spec B.3 shows them.
 START = {
@@ -107,9 +105,7 @@ def test_older_flat_start() -> None:
     assert event.tracks == ("inbound", "outbound")
     assert event.media_format == MediaFormat("audio/x-l16", 16000, 1)
     assert event.custom_parameters == {"tenant": "acme", "tok": "abc123"}
-    assert parse({**flat, "contentType": "audio/x-mulaw;rate=8000", "audioTrack": "outbound"}).tracks == (
-        "outbound",
-    )
+    assert parse({**flat, "contentType": "audio/x-mulaw;rate=8000", "audioTrack": "outbound"}).tracks == ("outbound",)
     assert parse({**flat, "contentType": "audio/x-mulaw;rate=8000"}).media_format.encoding == "audio/x-mulaw"
 
 
@@ -142,9 +138,7 @@ def test_extra_headers_bounded() -> None:
 
 
 def test_media() -> None:
-    assert parse(MEDIA) == Media(
-        track="inbound", payload=b"\x00\x01\x02\xff", timestamp_ms=1778597597091, chunk=2
-    )
+    assert parse(MEDIA) == Media(track="inbound", payload=b"\x00\x01\x02\xff", timestamp_ms=1778597597091, chunk=2)
     both_numeric = {**MEDIA, "media": {**MEDIA["media"], "timestamp": 1778597597091, "chunk": "7"}}
     assert parse(both_numeric) == Media("inbound", b"\x00\x01\x02\xff", 1778597597091, 7)
     odd = {**MEDIA, "media": {"payload": "", "timestamp": "soon", "chunk": None, "track": ""}}
@@ -268,9 +262,7 @@ def test_answer_xml_without_forward_number() -> None:
 
 def test_answer_xml_escapes_hostile_text() -> None:
     hostile = 'Hi</Speak><Dial><Number>+19005550000</Number></Dial><Speak a="&amp;">\'"&<>\x00\x1b'
-    text = vobiz.answer_xml(
-        **XML_ARGS, forward_to="+14155551234", consent_text=hostile, consent_voice='MAN" evil="1'
-    )
+    text = vobiz.answer_xml(**XML_ARGS, forward_to="+14155551234", consent_text=hostile, consent_voice='MAN" evil="1')
     root = ET.fromstring(text)
     assert [c.tag for c in root] == ["Speak", "Stream", "Dial"]  # nothing injected
     assert root[0].text == hostile.replace("\x00", "").replace("\x1b", "")

@@ -20,8 +20,8 @@ from bridge.audio.mixer import (
     Mixer,
 )
 from bridge.audio.resample import HALF_SPAN
-from tests.test_vobiz_units import frames as l16_frames
-from tests.test_vobiz_units import harmonic, run_detector
+from tests.providers.vobiz.test_units import frames as l16_frames
+from tests.providers.vobiz.test_units import harmonic, run_detector
 
 RATE = 8000
 FRAME = 160  # 20 ms
@@ -96,9 +96,7 @@ def test_thousands_of_track_names_make_no_party_and_change_no_sample() -> None:
         (["outbound", "inbound", "outbound", "inbound"], ["outbound", "inbound"], 0),
     ],
 )
-def test_only_documented_names_announced_become_parties(
-    announced: list[str], parties: list[str], ignored: int
-) -> None:
+def test_only_documented_names_announced_become_parties(announced: list[str], parties: list[str], ignored: int) -> None:
     m = mixer(announced)
     assert m.ignored_announced_tracks == ignored
     assert all(m.accepts(name) for name in parties) and not m.accepts("track-1")

@@ -28,14 +28,15 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from bridge.providers.twilio.signature import compute_signature
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay, simulate_twilio
 from bridge.simulator import cli
 from bridge.simulator.audio import load_ulaw
-from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay, simulate_twilio
-from bridge.providers.twilio.signature import compute_signature
+from tests import SAMPLES
 
 pytestmark = pytest.mark.anyio
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
 LIMIT_S = 5  # upper bound for any single network wait in this file
 
 

@@ -14,11 +14,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from bridge.routing import RoutingTable, load_routes
-from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.providers.twilio.signature import body_sha256, compute_signature
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.routing import RoutingTable, load_routes
 from tests.harness import CLIENT_SECRET, Harness, assert_processed_whole, running
-from tests.test_call import ulaw_call
+from tests.live.test_call import ulaw_call
 
 pytestmark = pytest.mark.anyio
 

@@ -89,7 +89,9 @@ async def test_login_refresh_revoke(tmp_path: Path) -> None:
         await create_stream(client, grant["access_token"])
 
         emulator.revoke_tokens()
-        denied = await client.post("/voice/v1/sessions", json={"upload_type": "stream"}, headers=bearer(grant["access_token"]))
+        denied = await client.post(
+            "/voice/v1/sessions", json={"upload_type": "stream"}, headers=bearer(grant["access_token"])
+        )
         assert denied.status_code == 401
         assert denied.json()["error"]["code"] == "unauthorized"
 
@@ -121,7 +123,9 @@ async def test_login_refresh_revoke(tmp_path: Path) -> None:
 
 
 async def test_login_credentials_expiry_and_static_tokens(tmp_path: Path) -> None:
-    emulator = make(tmp_path, client_id="cid", client_secret="sec", token_ttl_s=0, static_tokens=frozenset({"long-lived"}))
+    emulator = make(
+        tmp_path, client_id="cid", client_secret="sec", token_ttl_s=0, static_tokens=frozenset({"long-lived"})
+    )
     async with running(emulator) as client:
         wrong = await client.post("/connect-auth/v1/account/login", json={"client_id": "cid", "client_secret": "x"})
         assert wrong.status_code == 401 and wrong.json()["code"] == 401
@@ -144,7 +148,9 @@ async def test_create_session_and_validation(tmp_path: Path) -> None:
         token = (await login(client))["access_token"]
 
         async def create(body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
-            return await client.post("/voice/v1/sessions", json=body, headers=bearer(token) if headers is None else headers)
+            return await client.post(
+                "/voice/v1/sessions", json=body, headers=bearer(token) if headers is None else headers
+            )
 
         no_type = await create({"templates": ["clinical_notes_template"]})
         assert no_type.status_code == 400
@@ -165,7 +171,9 @@ async def test_create_session_and_validation(tmp_path: Path) -> None:
         assert created["session_id"] == "call-0123456789abcdef"
         assert created["status"] == "created"
         assert created["patient_details"] == {"oid": "PAT-1"}
-        assert created["upload_url"].startswith(f"ws://{client.base_url.host}:{client.base_url.port}/voice/v1/stream/sessions/str_")
+        assert created["upload_url"].startswith(
+            f"ws://{client.base_url.host}:{client.base_url.port}/voice/v1/stream/sessions/str_"
+        )
         assert (await create({"upload_type": "stream", "session_id": "call-0123456789abcdef"})).status_code == 409
 
         session = emulator.sessions["call-0123456789abcdef"]
@@ -213,7 +221,11 @@ async def test_json_stream_at_8k_then_reconnect_and_unknown_are_refused(tmp_path
         created = await create_stream(client, (await login(client))["access_token"])
         url = created["upload_url"]
         async with connect(url) as ws:
-            await ws.send(json.dumps({"event": "start", "start": {"mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 8000}}}))
+            await ws.send(
+                json.dumps(
+                    {"event": "start", "start": {"mediaFormat": {"encoding": "audio/x-l16", "sampleRate": 8000}}}
+                )
+            )
             await ws.send("not json")
             await ws.send(json.dumps({"event": "mark", "mark": {"name": "x"}}))
             await ws.send(json.dumps({"event": "media", "media": {"payload": ""}}))
@@ -276,7 +288,9 @@ async def test_end_then_repeat_and_unknown(tmp_path: Path) -> None:
 
         again = await client.post(f"/voice/v1/sessions/{sid}/end", headers=bearer(token))
         assert again.status_code == 400 and again.json()["error"]["code"] == "session_already_ended"
-        bad_body = await client.post(f"/voice/v1/sessions/{sid}/end", json={"audio_files_sent": -1}, headers=bearer(token))
+        bad_body = await client.post(
+            f"/voice/v1/sessions/{sid}/end", json={"audio_files_sent": -1}, headers=bearer(token)
+        )
         assert bad_body.status_code == 400
         unknown = await client.post("/voice/v1/sessions/ses_unknown/end", headers=bearer(token))
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "session_not_found"
@@ -290,7 +304,9 @@ async def test_get_completes_with_emulator_transcript(tmp_path: Path) -> None:
     emulator = make(tmp_path, processing_s=0.05)
     async with running(emulator) as client:
         token = (await login(client))["access_token"]
-        created = await create_stream(client, token, templates=["eka_emr_template", "clinical_notes_template"], language_hint=["hi"])
+        created = await create_stream(
+            client, token, templates=["eka_emr_template", "clinical_notes_template"], language_hint=["hi"]
+        )
         sid = created["session_id"]
         async with connect(created["upload_url"]) as ws:
             await ws.send(tone(1.5))
@@ -313,7 +329,9 @@ async def test_get_completes_with_emulator_transcript(tmp_path: Path) -> None:
         assert document["data"]["emulated"] is True and document["data"]["audio_seconds"] == 1.5
         assert body["audio_files"] == ["0.m4a"]
 
-        one = await client.get(f"/voice/v1/sessions/{sid}", params={"template_id": "clinical_notes_template"}, headers=bearer(token))
+        one = await client.get(
+            f"/voice/v1/sessions/{sid}", params={"template_id": "clinical_notes_template"}, headers=bearer(token)
+        )
         assert [list(t) for t in one.json()["templates"]] == [["clinical_notes_template"]]
         missing = await client.get(f"/voice/v1/sessions/{sid}", params={"template_id": "nope"}, headers=bearer(token))
         assert missing.status_code == 404
@@ -337,13 +355,18 @@ async def test_outcomes_and_the_signed_completion_webhook(tmp_path: Path) -> Non
         return Response(status_code=204)
 
     emulator = make(tmp_path, processing_s=3600, outcome="partial", webhook_signing_key=key)
-    async with running(emulator) as client, serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url:
+    async with (
+        running(emulator) as client,
+        serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url,
+    ):
         emulator.options.webhook_url = hook_url + "/hook"
         token = (await login(client))["access_token"]
         ids = []
         for outcome in ("partial", "failed"):
             emulator.options.outcome = outcome
-            sid = (await create_stream(client, token, templates=["eka_emr_template", "clinical_notes_template"]))["session_id"]
+            sid = (await create_stream(client, token, templates=["eka_emr_template", "clinical_notes_template"]))[
+                "session_id"
+            ]
             assert (await client.post(f"/voice/v1/sessions/{sid}/end", headers=bearer(token))).status_code == 202
             assert (await client.get(f"/voice/v1/sessions/{sid}", headers=bearer(token))).status_code == 202
             assert emulator.complete_processing() == 1
@@ -357,7 +380,7 @@ async def test_outcomes_and_the_signed_completion_webhook(tmp_path: Path) -> Non
     assert body["audio_files_processed"] == 0 and len(body["processing_errors"]) == 1 and body["transcript"]
     assert failed.status_code == 200 and failed.json()["status"] == "failed" and failed.json()["transcript"] == ""
     assert [w.status for w in emulator.webhooks_sent] == [204, 204]
-    for (raw, signature), sid, status in zip(notes, ids, ("partial", "failed")):
+    for (raw, signature), sid, status in zip(notes, ids, ("partial", "failed"), strict=True):
         assert check(key, signature, raw, time.time()) is None
         assert json.loads(raw)["data"] == {"transaction_id": sid, "session_id": sid, "status": status}
         assert json.loads(raw)["event"] == "v2rx.completed"

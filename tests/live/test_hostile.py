@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.live.call import Call
-from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.providers.events import (
     MAX_ID_CHARS,
     Dtmf,
@@ -33,8 +32,9 @@ from bridge.providers.events import (
     StreamStop,
     Unknown,
 )
+from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
-from tests.test_call import PACE, ulaw_call
+from tests.live.test_call import ulaw_call
 
 pytestmark = pytest.mark.anyio
 QUICK_FLUSH = {"flush_delay_s": 0.05}
@@ -311,7 +311,7 @@ async def test_any_sequence_of_events_finishes_releases_and_stays_bounded(tmp_pa
             if mixer is not None:
                 assert len(mixer.tracks) <= 2
                 assert all(len(t.pending) < 16000 * 120 for t in mixer.tracks.values())
-            assert len(call.outbox) <= call.outbox.max_bytes
+            assert len(call.queue) <= call.queue.max_bytes
             assert len(call._held) <= 2001
             assert len(call.ignored_events) <= 17
 

@@ -16,7 +16,7 @@ from bridge.audio.codec import ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
-from tests.test_call import finished, received_pcm, ulaw_call
+from tests.live.test_call import finished, received_pcm, ulaw_call
 
 pytestmark = pytest.mark.anyio
 PACE = 10.0
@@ -135,7 +135,6 @@ async def test_an_end_that_runs_out_of_budget_is_recorded_and_swept_later(tmp_pa
         assert pending is not None and pending["state"] == "end_pending"
 
         h.emulator.faults.clear()  # Eka recovers; the sweeper finishes the job
-        assert h.bridge.sweeper is not None
         assert await asyncio.wait_for(h.bridge.sweeper.sweep_once(), 10) == 1
         assert await asyncio.wait_for(h.bridge.sweeper.sweep_once(), 10) == 0  # settled for good
         settled = await h.bridge.ledger.session(session.session_id)
@@ -176,10 +175,10 @@ async def test_a_stalled_upstream_keeps_memory_bounded_and_counts_what_it_drops(
     assert summary["outbox_high_water_bytes"] <= call_outbox_bound
 
 
-async def test_the_outbox_bound_holds_whatever_arrives() -> None:
-    from bridge.live.pcm_queue import PcmOutbox
+async def test_the_pcm_queue_bound_holds_whatever_arrives() -> None:
+    from bridge.live.pcm_queue import PcmQueue
 
-    box = PcmOutbox(1000)
+    box = PcmQueue(1000)
     for _ in range(100):
         box.put(b"\x01\x02" * 33)
     assert len(box) <= 1000 and box.high_water_bytes <= 1000

@@ -28,7 +28,7 @@ from bridge.audio.codec import ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, running
-from tests.test_call import ulaw_call
+from tests.live.test_call import ulaw_call
 
 pytestmark = pytest.mark.anyio
 
@@ -154,9 +154,7 @@ async def test_hostile_messages_never_crash_the_bridge_and_every_session_ends_on
     calls = 0
     reported_sessions = 0
     # The hostile part here is the phone's stream; a quick flush keeps a hundred calls fast.
-    async with running(
-        tmp_path, emulator_options=QUICK_FLUSH, ws_max_bytes=WS_MAX_BYTES, media_idle_s=LIMIT_S
-    ) as h:
+    async with running(tmp_path, emulator_options=QUICK_FLUSH, ws_max_bytes=WS_MAX_BYTES, media_idle_s=LIMIT_S) as h:
 
         @settings(
             max_examples=EXAMPLES,

@@ -27,8 +27,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
-from bridge.simulator import cli
-from bridge.simulator.audio import load_pcm16
+from bridge.providers.events import Media, MediaFormat, StreamStart
+from bridge.providers.vobiz import stream as vobiz
 from bridge.providers.vobiz.simulator import (
     VobizCall,
     load_audio,
@@ -37,12 +37,13 @@ from bridge.providers.vobiz.simulator import (
     replay_connections,
     simulate_vobiz,
 )
-from bridge.providers.vobiz import stream as vobiz
-from bridge.providers.events import Media, MediaFormat, StreamStart
+from bridge.simulator import cli
+from bridge.simulator.audio import load_pcm16
+from tests import SAMPLES
 
 pytestmark = pytest.mark.anyio
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
 LIMIT_S = 5  # upper bound for any single network wait in this file
 EPOCH = 1_778_597_597_091
 
@@ -138,9 +139,7 @@ async def test_mulaw_one_track_exact_shapes() -> None:
     call = VobizCall(extra_headers="tenant=acme")
     inbound = ramp(400)  # 160 + 160 + a short 80-byte last frame
     async with peer() as server:
-        results = await replay_connections(
-            server.url, plan_connections(call, inbound, start_epoch_ms=EPOCH), pace=1000
-        )
+        results = await replay_connections(server.url, plan_connections(call, inbound, start_epoch_ms=EPOCH), pace=1000)
         await server.wait_ended()
     (conn,) = server.connections
     got = conn.messages
@@ -204,9 +203,7 @@ def test_two_tracks_interleave_per_tick_with_one_chunk_counter() -> None:
 @pytest.mark.parametrize("order", ["big", "little"])
 def test_l16_frames_and_byte_order(content_type: str, rate: int, frame: int, order: str) -> None:
     samples = tone(rate, 0.1)  # 5 frames
-    plan = plan_messages(
-        VobizCall(), samples, content_type=content_type, l16_byte_order=order, start_epoch_ms=EPOCH
-    )
+    plan = plan_messages(VobizCall(), samples, content_type=content_type, l16_byte_order=order, start_epoch_ms=EPOCH)
     start, media = plan[0][1], [m for _, m in plan[1:]]
     assert start["start"]["mediaFormat"] == {"encoding": "audio/x-l16", "sampleRate": rate}
     assert [len(base64.b64decode(m["media"]["payload"])) for m in media] == [frame] * 5

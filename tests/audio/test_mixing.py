@@ -10,12 +10,12 @@ import soxr
 
 from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
-from bridge.simulator.audio import load_ulaw
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from bridge.simulator.audio import load_ulaw
+from tests import SAMPLES
 from tests.harness import running
-from tests.test_call import finished, received_pcm, si_snr_db
+from tests.live.test_call import finished, received_pcm, si_snr_db
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 Frame = tuple[str, int, bytes]  # (track, timestamp ms, μ-law payload)
 
 
@@ -76,7 +76,7 @@ def test_clicks_on_both_tracks_land_at_their_timestamps() -> None:
 
     y, mixer = mix(arrival, ["inbound", "outbound"])
     assert len(y) == 2 * len(inbound)
-    for found, expected in zip(click_positions_ms(y, [1234, 2500]), [1234, 2500]):
+    for found, expected in zip(click_positions_ms(y, [1234, 2500]), [1234, 2500], strict=True):
         assert abs(found - expected) <= 1.0
     assert mixer.gap_filled_ms() == {"inbound": 0, "outbound": 0}
 
@@ -89,7 +89,7 @@ def test_a_two_second_hole_is_filled_and_counted_without_shifting_anything() -> 
     assert len(y) == 2 * len(inbound)
     assert mixer.gap_filled_ms() == {"inbound": 2000, "outbound": 0}
     found = click_positions_ms(y, [2000, 3500])
-    assert all(abs(f - e) <= 1.0 for f, e in zip(found, [2000, 3500]))
+    assert all(abs(f - e) <= 1.0 for f, e in zip(found, [2000, 3500], strict=True))
 
 
 def test_a_late_starting_track_and_one_that_stops_early() -> None:
@@ -100,7 +100,7 @@ def test_a_late_starting_track_and_one_that_stops_early() -> None:
     assert len(y) == 2 * len(inbound)
     assert mixer.gap_filled_ms() == {"inbound": 0, "outbound": 2500}
     found = click_positions_ms(y, [500, 2500])
-    assert all(abs(f - e) <= 1.0 for f, e in zip(found, [500, 2500]))
+    assert all(abs(f - e) <= 1.0 for f, e in zip(found, [500, 2500], strict=True))
 
 
 def test_an_announced_track_that_never_appears_leaves_the_other_untouched() -> None:
@@ -146,7 +146,11 @@ def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> No
     for i in range(10, len(messy) - 6, 13):
         messy[i], messy[i + 2] = messy[i + 2], messy[i]
     del messy[70:74]  # a hole
-    for frames, tracks in ((framed("inbound", inbound), ["inbound"]), (clean, ["inbound", "outbound"]), (messy, ["inbound", "outbound"])):
+    for frames, tracks in (
+        (framed("inbound", inbound), ["inbound"]),
+        (clean, ["inbound", "outbound"]),
+        (messy, ["inbound", "outbound"]),
+    ):
         per_frame, _ = mix(frames, tracks)
         blocks, _ = mix(frames, tracks, render_samples=800)
         assert np.array_equal(blocks, per_frame)

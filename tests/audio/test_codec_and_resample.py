@@ -135,7 +135,7 @@ def frames(x: np.ndarray, size: int = 160) -> list[bytes]:
 
 
 def run_single(mixer: Mixer, payloads: list[bytes], timestamps: list[int | None]) -> np.ndarray:
-    out = [mixer.push("inbound", ts, p) for ts, p in zip(timestamps, payloads)]
+    out = [mixer.push("inbound", ts, p) for ts, p in zip(timestamps, payloads, strict=True)]
     out.append(mixer.flush())
     return np.concatenate(out)
 
