@@ -514,3 +514,47 @@ def test_cli_fault_knobs_queue_faults() -> None:
     assert pending["stream_drops"] == [{"after_bytes": 64000, "remaining": 1, "keep_registration": False}]
     with pytest.raises(ValueError, match="--fail 'create'"):
         apply_faults(Faults(), parser.parse_args(["--fail", "create"]))
+
+
+def test_the_cli_flags_become_options_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    import argparse
+
+    from bridge.emulator import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--chunk-s", "5", "--flush-delay-s", "0.2", "--session-ttl-s", "60", "--expires-format", "unix",
+         "--audio-dir", str(tmp_path), "--processing-s", "0"]
+    )  # fmt: skip
+    options = cli.options_from(args)
+    assert (options.chunk_s, options.flush_delay_s, options.session_ttl_s) == (5, 0.2, 60)
+    assert options.expires_format == "unix" and options.audio_dir == tmp_path
+    defaults = cli.options_from(parser.parse_args([]))
+    assert (defaults.chunk_s, defaults.flush_delay_s, defaults.expires_format) == (20.0, 1.0, "iso")
+    assert cli.run(parser.parse_args(["--chunk-s", "0"])) == 2  # refused before it listens
+
+
+async def test_the_fault_admin_api_adds_lists_and_clears_and_refuses_bad_bodies(tmp_path: Path) -> None:
+    emulator = make(tmp_path)
+    async with running(emulator) as client:
+        added = [
+            await client.post("/_emulator/faults", json={"op": "create", "status": 503, "count": 2, "retry_after": 1}),
+            await client.post("/_emulator/faults", json={"op": "end", "delay_s": 0.5}),
+            await client.post("/_emulator/faults", json={"drop_stream_after_bytes": 640, "keep_registration": True}),
+        ]
+        bad = [
+            await client.post("/_emulator/faults", content=b"not json"),
+            await client.post("/_emulator/faults", json=[1]),
+            await client.post("/_emulator/faults", json={"status": 503}),
+            await client.post("/_emulator/faults", json={"op": "end", "status": True}),
+            await client.post("/_emulator/faults", json={"op": "end", "delay_s": "soon"}),
+        ]
+        listed = (await client.get("/_emulator/faults")).json()
+        cleared = (await client.delete("/_emulator/faults")).json()
+        revoked = await client.post("/_emulator/revoke-tokens")
+
+    assert all(r.status_code == 200 for r in added)
+    assert [r.status_code for r in bad] == [400] * 5
+    assert listed and listed != cleared
+    assert revoked.status_code == 200 and revoked.json() == {"revoked": True}

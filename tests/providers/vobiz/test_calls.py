@@ -227,3 +227,19 @@ async def test_malformed_vobiz_messages_are_counted_and_the_call_goes_on(tmp_pat
         session = h.only_session()
     assert summary["bad_messages"]["bad_json"] == 1 and summary["bad_messages"]["bad_base64"] == 1
     assert len(received_pcm(session)) == 2 * 16000 and session.end_calls == 1
+
+
+async def test_stream_status_callbacks_are_logged_and_a_dropped_stream_warns(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        async with httpx.AsyncClient(base_url=h.bridge_url) as http:
+            ok = await http.post(
+                "/vobiz/stream-status", data={"CallUUID": "c1", "StreamID": "s1", "Event": "StartStream"}
+            )
+            dropped = await http.post("/vobiz/stream-status", data={"CallUUID": "c1", "Event": "DroppedStream"})
+        lines = h.logs.named("vobiz_stream_status")
+
+    assert ok.status_code == dropped.status_code == 204
+    assert [(line["log_level"], line["stream_event"]) for line in lines] == [
+        ("info", "StartStream"),
+        ("warning", "DroppedStream"),
+    ]
