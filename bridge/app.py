@@ -31,6 +31,7 @@ from bridge.eka.retry import Backoff
 from bridge.live.call import Call, CallSettings
 from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
 from bridge.live.registry import CallRegistry
+from bridge.logging import Logger
 from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.metrics import Metrics
 from bridge.providers import build_providers
@@ -63,7 +64,7 @@ class Bridge:
         self,
         settings: Settings,
         *,
-        log: Any | None = None,
+        log: Logger | None = None,
         eka_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bridge.errors import ConfigError as ConfigError
 from bridge.routing import DEFAULT_CONSENT_TEXT, RoutingTable, is_e164, load_routes
 from bridge.routing import MODES as CALL_MODES
 
@@ -19,12 +20,6 @@ MODELS = ("lite", "pro")
 STREAM_FORMATS = ("binary", "json")
 #: Where an allow-listed Twilio ``<Parameter>`` may go in the Create Session body.
 PARAM_TARGETS = ("patient_details", "additional_data")
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

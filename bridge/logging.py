@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
+
+
+class Logger(Protocol):
+    """What the bridge asks of a logger: structlog's bound loggers (and a test's capture) fit.
+
+    ``bind`` returns a logger that adds its fields to every event; events are short names,
+    everything else goes in fields, never formatted into the name.
+    """
+
+    def bind(self, **fields: Any) -> Logger: ...
+    def debug(self, event: str, *args: Any, **fields: Any) -> Any: ...
+    def info(self, event: str, *args: Any, **fields: Any) -> Any: ...
+    def warning(self, event: str, *args: Any, **fields: Any) -> Any: ...
+    def error(self, event: str, *args: Any, **fields: Any) -> Any: ...
+    def exception(self, event: str, *args: Any, **fields: Any) -> Any: ...
+
 
 _SENSITIVE = ("token", "secret", "password", "authorization", "payload", "signature")
 

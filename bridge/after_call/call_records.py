@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from bridge.after_call.delivery import iso
 from bridge.after_call.ledger import Ledger
 from bridge.after_call.result_poller import call_status
+from bridge.logging import Logger
 
 #: Calls per page of ``GET /calls``: ``limit`` defaults to this and may not exceed MAX_LIMIT.
 DEFAULT_LIMIT = 100
@@ -98,7 +99,7 @@ def record(row: dict[str, Any], *, deliveries: bool) -> dict[str, Any]:
 
 class CallRecords:
     def __init__(
-        self, ledger: Ledger, *, api_key: str | None, deliveries: bool, rejections: Counter[str], log: Any
+        self, ledger: Ledger, *, api_key: str | None, deliveries: bool, rejections: Counter[str], log: Logger
     ) -> None:
         self._ledger = ledger
         self._key = api_key.encode() if api_key else None

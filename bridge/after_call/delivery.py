@@ -20,6 +20,7 @@ import httpx
 from bridge.after_call.ledger import DueDelivery, Ledger
 from bridge.after_call.result_poller import call_status
 from bridge.eka.retry import Backoff
+from bridge.logging import Logger
 from bridge.metrics import Metrics
 from bridge.signing import sign
 
@@ -76,7 +77,7 @@ class ResultDelivery:
         backoff: Backoff,
         give_up_s: float,
         metrics: Metrics,
-        log: Any,
+        log: Logger,
     ) -> None:
         self.ledger = ledger
         self.http = http

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from bridge.logging import Logger
 from bridge.signing import check
 
 PATH = "/eka/webhook"
@@ -59,7 +60,7 @@ class EkaWebhook:
         *,
         notify: Callable[[str], Awaitable[bool]],
         rejections: Counter[str],
-        log: Any,
+        log: Logger,
     ) -> None:
         self._key = signing_key
         self._notify = notify  # session id → fetched? (the result poller's ``notified``)

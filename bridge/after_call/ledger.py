@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ParamSpec, TypeVar
 
 T = TypeVar("T")
@@ -92,6 +93,22 @@ RECORD_SESSION_COLUMNS = (
     "s.session_id, s.part, s.state, s.end_status, s.created_at, s.ended_at, "
     "r.status AS result_status, r.recorded_at AS result_at, r.via AS result_via, r.polls AS result_polls"
 )
+
+
+class SessionState(StrEnum):
+    """A session's row in the ledger (the ``state`` column)."""
+
+    OPEN = "open"  # streaming, or left by a process that died: the sweeper ends it
+    END_PENDING = "end_pending"  # an End ran out of budget: the sweeper tries again
+    ENDED = "ended"  # settled (its ``end_status`` says how)
+
+
+class DeliveryState(StrEnum):
+    """A call's result delivery to the clinic (the ``deliveries`` table's ``state``)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up after RESULT_WEBHOOK_GIVE_UP_S
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,7 @@ class Ledger:
         await self._run(
             self._execute,
             "INSERT OR REPLACE INTO sessions (session_id, call_sid, provider, part, boot_id, state, created_at)"
-            " VALUES (?, ?, ?, ?, ?, 'open', ?)",
+            f" VALUES (?, ?, ?, ?, ?, '{SessionState.OPEN}', ?)",
             (session_id, call_sid, provider, part, self.boot_id, time.time()),
         )
 
@@ -190,7 +207,7 @@ class Ledger:
         def ended(db: sqlite3.Connection) -> None:
             now = time.time()
             db.execute(
-                "UPDATE sessions SET state = 'ended', end_status = ?, ended_at = ?,"
+                f"UPDATE sessions SET state = '{SessionState.ENDED}', end_status = ?, ended_at = ?,"
                 " end_attempts = end_attempts + 1 WHERE session_id = ?",
                 (status, now, session_id),
             )
@@ -246,7 +263,12 @@ class Ledger:
             db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, delivered_at = ?"
                 " WHERE delivery_id = ?",
-                ("delivered" if delivered else "failed", error, time.time() if delivered else None, delivery_id),
+                (
+                    DeliveryState.DELIVERED if delivered else DeliveryState.FAILED,
+                    error,
+                    time.time() if delivered else None,
+                    delivery_id,
+                ),
             )
             db.execute(
                 "UPDATE results SET transcript = NULL, templates = NULL"
@@ -259,7 +281,8 @@ class Ledger:
     async def session_end_pending(self, session_id: str, error: str) -> None:
         await self._run(
             self._execute,
-            "UPDATE sessions SET state = 'end_pending', last_error = ?, end_attempts = end_attempts + 1"
+            f"UPDATE sessions SET state = '{SessionState.END_PENDING}', last_error = ?,"
+            " end_attempts = end_attempts + 1"
             " WHERE session_id = ?",
             (error[:200], session_id),
         )
@@ -271,8 +294,8 @@ class Ledger:
         return await self._run(
             self._query,
             "SELECT session_id, call_sid, provider, part, boot_id, state, created_at, end_attempts"
-            " FROM sessions WHERE state = 'end_pending'"
-            " OR (state = 'open' AND boot_id != ? AND created_at < ?) ORDER BY created_at",
+            f" FROM sessions WHERE state = '{SessionState.END_PENDING}'"
+            f" OR (state = '{SessionState.OPEN}' AND boot_id != ? AND created_at < ?) ORDER BY created_at",
             (self.boot_id, orphaned_before),
         )
 
@@ -305,7 +328,7 @@ class Ledger:
             rows = _dicts(
                 db.execute(
                     "SELECT delivery_id, call_sid, attempts, created_at FROM deliveries"
-                    " WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                    f" WHERE state = '{DeliveryState.PENDING}' AND next_at <= ? ORDER BY next_at LIMIT ?",
                     (now, limit),
                 )
             )
@@ -326,7 +349,9 @@ class Ledger:
         return await self._run(self._transaction, due)
 
     async def next_delivery_at(self) -> float | None:
-        rows = await self._run(self._rows, "SELECT min(next_at) AS next_at FROM deliveries WHERE state = 'pending'", ())
+        rows = await self._run(
+            self._rows, f"SELECT min(next_at) AS next_at FROM deliveries WHERE state = '{DeliveryState.PENDING}'", ()
+        )
         return rows[0]["next_at"] if rows else None
 
     async def call_records(
@@ -417,7 +442,7 @@ class Ledger:
         now = time.time()
         inserted = db.execute(
             "INSERT OR IGNORE INTO deliveries (delivery_id, call_sid, state, next_at, created_at)"
-            " VALUES (?, ?, 'pending', ?, ?)",
+            f" VALUES (?, ?, '{DeliveryState.PENDING}', ?, ?)",
             (delivery_id, call_sid, now, now),
         ).rowcount
         return delivery_id if inserted else None

@@ -15,13 +15,13 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
-from bridge.after_call.ledger import AwaitingResult, Ledger, SessionResult
+from bridge.after_call.ledger import AwaitingResult, Ledger, SessionResult, SessionState
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
+from bridge.logging import Logger
 from bridge.metrics import Metrics
 
 #: How often the queue is re-read without being woken (sessions the sweeper ended, say).
@@ -91,7 +91,7 @@ class ResultPoller:
         deadline_s: float,
         fallback_interval_s: float | None,
         metrics: Metrics,
-        log: Any,
+        log: Logger,
         on_recorded: Callable[[], None] = lambda: None,
         scan_interval_s: float = SCAN_INTERVAL_S,
     ) -> None:
@@ -140,7 +140,7 @@ class ResultPoller:
         of ours waiting for a result (nothing is fetched then)."""
         if session_id not in self._followers:
             row = await self.ledger.session(session_id)
-            if row is None or row["state"] != "ended" or await self.ledger.result(session_id) is not None:
+            if row is None or row["state"] != SessionState.ENDED or await self.ledger.result(session_id) is not None:
                 return False
             self.wake()
         self._nudges.setdefault(session_id, asyncio.Event()).set()
@@ -201,7 +201,7 @@ class ResultPoller:
         except Exception:
             log.exception("result_poll_crashed")  # the next scan picks the session up again
 
-    async def _get(self, session_id: str, log: Any) -> SessionResult | None:
+    async def _get(self, session_id: str, log: Logger) -> SessionResult | None:
         try:
             response = await self.eka.get_session(session_id, log=log)
         except (EkaError, httpx.HTTPError) as exc:
@@ -212,7 +212,7 @@ class ResultPoller:
             log.warning("result_poll_unexpected", status=response.status_code)
         return result
 
-    async def _record(self, row: AwaitingResult, result: SessionResult, log: Any) -> None:
+    async def _record(self, row: AwaitingResult, result: SessionResult, log: Logger) -> None:
         delivery_id = await self.ledger.record_result(row.session_id, result)
         self.metrics.result(result.status)
         log.info(

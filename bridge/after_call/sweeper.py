@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from bridge.after_call.ledger import Ledger
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import EkaError
+from bridge.logging import Logger
 
 
 class Sweeper:
-    def __init__(self, ledger: Ledger, eka: EkaClient, *, grace_s: float, interval_s: float, log: Any) -> None:
+    def __init__(self, ledger: Ledger, eka: EkaClient, *, grace_s: float, interval_s: float, log: Logger) -> None:
         self.ledger = ledger
         self.eka = eka
         self.grace_s = grace_s

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from bridge.eka.retry import Backoff, EkaError, with_retries
+from bridge.logging import Logger
 
 LOGIN_PATH = "/connect-auth/v1/account/login"
 REFRESH_PATH = "/connect-auth/v1/account/refresh-token"
@@ -29,7 +30,7 @@ class TokenProvider:
         static_token: str | None,
         budget_s: float,
         backoff: Backoff,
-        log: Any,
+        log: Logger,
         observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._http = http

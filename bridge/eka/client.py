@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import httpx
 
 from bridge.eka.auth import TokenProvider
 from bridge.eka.retry import Backoff, EkaError, with_retries
+from bridge.logging import Logger
 
 SESSIONS_PATH = "/voice/v1/sessions"
 #: A session not ended by then expires (P-CS, OSS ``SESSION_DURATION_SECONDS``): assumed when
@@ -28,10 +30,23 @@ class CreatedSession:
     expires_at: float  # Unix seconds; an End after this is refused (410) and nothing is processed
 
 
+class EndStatus(StrEnum):
+    """How a session's End went (stored as these strings in the ledger and the summaries)."""
+
+    ENDED = "ended"  # 202: processing started
+    ALREADY_ENDED = "already_ended"  # 400 on a repeat: an earlier attempt (ours) landed
+    GONE = "gone"  # 404 or 410: nothing more to do (an expired session processes nothing)
+    END_PENDING = "end_pending"  # out of retry budget: the sweeper tries again
+
+    @property
+    def settled(self) -> bool:
+        return self is not EndStatus.END_PENDING
+
+
 @dataclass(frozen=True)
 class EndResult:
     status: int
-    settled: str  # "ended" (202), or "already_ended" / "gone" (404, 410): nothing more to do
+    settled: EndStatus
 
 
 def new_session_id() -> str:
@@ -49,7 +64,7 @@ class EkaClient:
         create_budget_s: float,
         end_budget_s: float,
         backoff: Backoff,
-        log: Any,
+        log: Logger,
         observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self._http = http
@@ -61,7 +76,7 @@ class EkaClient:
         self._backoff = backoff
         self._log = log
 
-    async def create_session(self, body: dict[str, Any], *, log: Any | None = None) -> CreatedSession:
+    async def create_session(self, body: dict[str, Any], *, log: Logger | None = None) -> CreatedSession:
         """Create a stream session. A 409 on a retry means our earlier attempt did land: fetch it."""
         body = {**body, "session_id": body.get("session_id") or new_session_id()}
         session_id = body["session_id"]
@@ -82,7 +97,7 @@ class EkaClient:
         except (ValueError, KeyError, TypeError):
             raise EkaError("create", "malformed response (no session_id/upload_url)") from None
 
-    async def end_session(self, session_id: str, *, log: Any | None = None) -> EndResult:
+    async def end_session(self, session_id: str, *, log: Logger | None = None) -> EndResult:
         """End (finalize) a stream session; ``audio_files_sent`` is 0 for streams, as Eka's SDK sends."""
         response, tries = await self._call(
             "end",
@@ -93,22 +108,24 @@ class EkaClient:
             json={"audio_files_sent": 0},
         )
         if response.status_code in (200, 202):
-            return EndResult(response.status_code, "ended")
+            return EndResult(response.status_code, EndStatus.ENDED)
         if response.status_code == 400 and (tries > 1 or _says_already_ended(response)):
             # The documented answer to a repeated End: an earlier attempt (ours) landed.
-            return EndResult(400, "already_ended")
+            return EndResult(400, EndStatus.ALREADY_ENDED)
         if response.status_code in (404, 410):
-            return EndResult(response.status_code, "gone")
+            return EndResult(response.status_code, EndStatus.GONE)
         raise EkaError("end", _error_reason(response), response.status_code, tries)
 
-    async def get_session(self, session_id: str, *, log: Any | None = None, budget_s: float = 30.0) -> httpx.Response:
+    async def get_session(
+        self, session_id: str, *, log: Logger | None = None, budget_s: float = 30.0
+    ) -> httpx.Response:
         """One Get Session (transient failures retried within ``budget_s``). The server may hold
         it up to ~14 s while processing (spec §6): the client's read timeout must exceed that."""
         response, _ = await self._call("get", "GET", f"{SESSIONS_PATH}/{session_id}", budget_s, log)
         return response
 
     async def _call(
-        self, op: str, method: str, path: str, budget_s: float, log: Any | None, **kwargs: Any
+        self, op: str, method: str, path: str, budget_s: float, log: Logger | None, **kwargs: Any
     ) -> tuple[httpx.Response, int]:
         """One logical request: retried while transient, renewed and retried once on 401."""
         log = log or self._log

@@ -10,19 +10,10 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from bridge.errors import EkaError as EkaError
+
 #: Statuses worth another try: the server is overloaded or briefly broken.
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-class EkaError(Exception):
-    """An EkaScribe call failed for good; ``reason`` is short and safe to log."""
-
-    def __init__(self, op: str, reason: str, status: int | None = None, attempts: int = 1) -> None:
-        super().__init__(f"{op} failed: {reason} after {attempts} attempt(s)")
-        self.op = op
-        self.reason = reason
-        self.status = status
-        self.attempts = attempts
 
 
 class Backoff:

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,10 +34,11 @@ from bridge.audio.byteorder import ByteOrderDetector
 from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
 from bridge.audio.mixer import OUTPUT_RATE, Mixer
 from bridge.config import ParamRoute, Settings
-from bridge.eka.client import EkaClient
+from bridge.eka.client import EkaClient, EndStatus
 from bridge.eka.retry import EkaError
 from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
 from bridge.live.pcm_queue import PcmQueue, ReplayBuffer
+from bridge.logging import Logger
 from bridge.providers.events import (
     Connected,
     Dtmf,
@@ -81,6 +83,34 @@ def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
     raise ProtocolError("unsupported_format", fmt.encoding)
 
 
+class CallStatus(StrEnum):
+    """A call's ``end_status`` in its summary, the ledger and the metrics."""
+
+    NOT_STARTED = "not_started"  # still running
+    NO_START = "no_start"  # no valid ``start``: nothing to end
+    NO_AUDIO = "no_audio"  # a ``start`` but no audio: no session was needed
+    NOT_CREATED = "not_created"  # the session could not be created
+    ENDED = "ended"  # every session settled
+    END_PENDING = "end_pending"  # an End ran out of budget: left to the sweeper
+
+
+class OpenedBecause(StrEnum):
+    """Why a session of the call was opened."""
+
+    CALL_START = "call_start"
+    ROLLOVER = "rollover"  # the previous session was about to expire
+    UPSTREAM_LOST = "upstream_lost"  # the previous session's stream socket was lost for good
+
+
+class PartFinish(StrEnum):
+    """How a session's stream socket finished."""
+
+    FLUSHED = "flushed"  # the server closed after ``stop``: its last chunk was in storage
+    FLUSH_TIMEOUT = "flush_timeout"  # no close within BRIDGE_FLUSH_WAIT_S: ended after the settle time
+    LOST = "lost"  # lost mid-call: ended after the settle time
+    NOT_CONNECTED = "not_connected"  # never connected: nothing to flush
+
+
 @dataclass(frozen=True)
 class CallSettings:
     """The settings a call uses, and only those (``Settings`` holds every setting of the service)."""
@@ -115,16 +145,16 @@ class SessionPart:
     session_id: str
     upload_url: str
     number: int
-    opened_because: str  # "call_start", "rollover" or "upstream_lost"
+    opened_because: OpenedBecause
     expires_at: float  # Unix seconds (Create Session's expires_at)
     rollover_at: float  # loop time: open the next part then, well before expires_at
     must_stop_at: float  # loop time: past this, stop streaming into it even with no next part
     connections: int = 0
     streamed_bytes: int = 0  # sent into its socket, replays included
-    finish: str | None = None  # "flushed", "flush_timeout", "lost" or "not_connected"
+    finish: PartFinish | None = None
     flush_wait_s: float | None = None
     lost_at: float | None = None  # loop time its last connection was lost (flushed by the server, silently)
-    end_status: str | None = None
+    end_status: EndStatus | None = None
     end_task: asyncio.Task[None] | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -148,7 +178,7 @@ class Call:
         provider: str,
         settings: CallSettings,
         eka: EkaClient,
-        log: Any,
+        log: Logger,
         ledger: Ledger,
         metrics: Metrics,
         session_overrides: Callable[[StreamStart], dict[str, Any]] | None = None,
@@ -181,7 +211,7 @@ class Call:
         self.end_reason: str | None = None
         self.end_request: str | None = None  # set when the bridge itself ends the call (shutdown)
         self.failure: str | None = None
-        self.end_status = "not_started"
+        self.end_status = CallStatus.NOT_STARTED
         self.end_latency_ms: float | None = None
         self.media_frames = 0
         self.media_bytes = 0
@@ -359,13 +389,13 @@ class Call:
 
     async def _open_first_part(self) -> SessionPart | None:
         try:
-            return await self._create_part(None, "call_start")
+            return await self._create_part(None, OpenedBecause.CALL_START)
         except EkaError as exc:
-            self.end_status = "not_created"
+            self.end_status = CallStatus.NOT_CREATED
             self._give_up("create_session", exc.reason)
             return None
 
-    async def _create_part(self, continues: SessionPart | None, because: str) -> SessionPart:
+    async def _create_part(self, continues: SessionPart | None, because: OpenedBecause) -> SessionPart:
         """Create Session (part 1, a rollover or a continuation); record it durably."""
         number = len(self.parts) + 1
         body = self._session_body()
@@ -413,7 +443,7 @@ class Call:
                     wire_format=settings.stream_format,
                     timeout_s=settings.upstream_close_timeout_s,
                 )
-                if reconnecting or (part.connections == 0 and part.opened_because == "upstream_lost"):
+                if reconnecting or (part.connections == 0 and part.opened_because is OpenedBecause.UPSTREAM_LOST):
                     for chunk in list(self.replay):
                         await upstream.send(chunk)
                         part.streamed_bytes += len(chunk)
@@ -459,7 +489,7 @@ class Call:
         If the next cannot be created, keep streaming here and try again, until ``must_stop_at``."""
         loop = asyncio.get_running_loop()
         try:
-            following = await self._create_part(part, "rollover")
+            following = await self._create_part(part, OpenedBecause.ROLLOVER)
         except EkaError as exc:
             if loop.time() < part.must_stop_at:
                 retry_s = min(ROLLOVER_RETRY_S, self.settings.rollover_margin_s / 4)  # a few tries in the margin
@@ -471,7 +501,7 @@ class Call:
             self._retire(part, upstream)
             self.log.warning("rollover_late", reason=exc.reason)
             try:
-                following = await self._create_part(part, "rollover")
+                following = await self._create_part(part, OpenedBecause.ROLLOVER)
             except EkaError as late:
                 self._give_up("rollover", late.reason)
                 return None
@@ -484,14 +514,14 @@ class Call:
     async def _continue_after_loss(self, part: SessionPart) -> SessionPart | None:
         """``part``'s socket is gone for good: end it (after the settle time) and carry on in a
         new session, up to ``max_session_parts`` losses."""
-        part.finish = "lost" if part.connections else "not_connected"
+        part.finish = PartFinish.LOST if part.connections else PartFinish.NOT_CONNECTED
         self._retire(part, None)
         self.losses += 1
         if self.losses >= self.settings.max_session_parts:
             self._give_up("upstream", f"gave up after {self.losses} lost stream(s)")
             return None
         try:
-            return await self._create_part(part, "upstream_lost")
+            return await self._create_part(part, OpenedBecause.UPSTREAM_LOST)
         except EkaError as exc:
             self._give_up("create_session", exc.reason)
             return None
@@ -518,10 +548,10 @@ class Call:
             part.flush_wait_s = done.wait_s
             self.metrics.flush_wait(done.wait_s, timed_out=not done.closed_by_server)
             if done.closed_by_server:
-                part.finish = "flushed"
+                part.finish = PartFinish.FLUSHED
                 log.info("upstream_flushed", flush_wait_ms=round(done.wait_s * 1000, 1), close_code=done.close_code)
             else:
-                part.finish = "flush_timeout"
+                part.finish = PartFinish.FLUSH_TIMEOUT
                 log.warning(
                     "upstream_flush_timeout",
                     flush_wait_s=s.flush_wait_s,
@@ -529,8 +559,8 @@ class Call:
                     close_code=done.close_code,
                 )
         elif part.finish is None:
-            part.finish = "lost" if part.connections else "not_connected"
-        if part.finish != "flushed" and part.connections:
+            part.finish = PartFinish.LOST if part.connections else PartFinish.NOT_CONNECTED
+        if part.finish is not PartFinish.FLUSHED and part.connections:
             await asyncio.sleep(s.flush_settle_s)
         elif part.lost_at is not None:  # an earlier connection of this session was lost mid-call
             await asyncio.sleep(max(0.0, part.lost_at + s.flush_settle_s - asyncio.get_running_loop().time()))
@@ -543,7 +573,7 @@ class Call:
         try:
             result = await self.eka.end_session(part.session_id, log=log)
         except EkaError as exc:
-            part.end_status = "end_pending"
+            part.end_status = EndStatus.END_PENDING
             self._fail("end_session", exc.reason)
             await self.ledger.session_end_pending(part.session_id, exc.reason)
             return
@@ -635,12 +665,12 @@ class Call:
                 self._fail("relay", type(exc).__name__)
                 self.log.exception("relay_crashed")
         if self.start is None:
-            self.end_status = "no_start"
+            self.end_status = CallStatus.NO_START
         elif self.relay is None:
-            self.end_status = "no_audio"  # no session was opened: nothing to end
+            self.end_status = CallStatus.NO_AUDIO  # no session was opened: nothing to end
         elif self.parts:
-            statuses = {p.end_status for p in self.parts}
-            self.end_status = "end_pending" if statuses - {"ended", "already_ended", "gone"} else "ended"
+            settled = all(p.end_status is not None and p.end_status.settled for p in self.parts)
+            self.end_status = CallStatus.ENDED if settled else CallStatus.END_PENDING
         try:
             self._report(0, None)  # frames that arrived after the last batch
             summary = self.summary()

@@ -5,13 +5,13 @@ events of ``events.py``. This is the one place that lists them."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from bridge.config import Settings
+from bridge.logging import Logger
 from bridge.providers.base import EndCall, Provider
 
 
-def build_providers(settings: Settings, *, log: Any, rejections: Counter[str], end_call: EndCall) -> list[Provider]:
+def build_providers(settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> list[Provider]:
     """Every provider this service speaks, ready to serve."""
     from bridge.providers.twilio.webhooks import TwilioProvider
     from bridge.providers.vobiz.webhooks import VobizProvider

@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
+from bridge.errors import Refused as Refused
 from bridge.providers.events import StreamEvent, StreamStart
 
 #: Serves one provider stream socket to its end (the service's shared stream handler).
@@ -27,15 +28,6 @@ EndCall = Callable[[str, str, str], Awaitable[bool]]
 MAX_WEBHOOK_BYTES = 64 * 1024
 #: Longest form value copied into a log line.
 MAX_LOGGED_CHARS = 200
-
-
-class Refused(Exception):
-    """A request or upgrade turned away with an HTTP status, before any socket or Eka call."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class Provider(ABC):

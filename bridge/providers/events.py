@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.errors import ProtocolError as ProtocolError
+
 #: Call, stream and account ids: Twilio's SIDs are 34 characters, Vobiz's UUIDs 36.
 MAX_ID_CHARS = 64
 #: Names in ``start``'s track list (the documented ones are ``inbound`` and ``outbound``).
@@ -20,16 +22,6 @@ MAX_PARAM_KEY_CHARS = 64
 MAX_PARAM_VALUE_CHARS = 256
 #: Encoding names, event names and error details.
 MAX_LABEL_CHARS = 40
-
-
-class ProtocolError(ValueError):
-    """A provider message that cannot be understood; the call goes on, the message is counted."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        detail = detail[:MAX_LABEL_CHARS]
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason  # short, stable, safe to log and to use as a counter label
-        self.detail = detail
 
 
 @dataclass(frozen=True)

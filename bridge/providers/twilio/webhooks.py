@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
+from bridge.logging import Logger
 from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Provider, Refused, StreamEndpoint
 from bridge.providers.events import StreamEvent, StreamStart
 from bridge.providers.twilio import stream, twiml
@@ -43,7 +44,7 @@ TWIML_MEDIA_TYPE = "application/xml"
 class TwilioProvider(Provider):
     name = stream.PROVIDER
 
-    def __init__(self, settings: Settings, *, log: Any, rejections: Counter[str]) -> None:
+    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str]) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections

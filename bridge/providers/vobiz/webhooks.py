@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from bridge.config import Settings, stream_url
+from bridge.logging import Logger
 from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, EndCall, Provider, Refused, StreamEndpoint
 from bridge.providers.events import StreamEvent, StreamStart
 from bridge.providers.vobiz import stream as vobiz
@@ -43,7 +44,7 @@ MAX_REMEMBERED_CALLS = 10_000
 class VobizProvider(Provider):
     name = vobiz.PROVIDER
 
-    def __init__(self, settings: Settings, *, log: Any, rejections: Counter[str], end_call: EndCall) -> None:
+    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections
