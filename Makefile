@@ -7,7 +7,7 @@ PORT ?= 8000
 # Tests wait on sockets and timers far more than on the CPU: four workers on two cores.
 TEST_WORKERS ?= 4
 
-.PHONY: install run check test bench bench-load clean
+.PHONY: install postgres run check test bench bench-load clean
 
 $(BIN)/bridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,23 @@ check: install
 	$(BIN)/ruff format --check bridge tests bench
 	$(BIN)/mypy
 
-# The suite, with a branch-coverage floor (pyproject's [tool.coverage.report] fail_under).
-test: install
+# PostgreSQL's server binaries, for the suite on the PostgreSQL ledger: Debian's package, installed
+# when missing and we may (root with apt-get); else the suite says loudly that it skipped them.
+HAVE_POSTGRES = ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1
+postgres:
+	@$(HAVE_POSTGRES) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || true
+
+# The suite, with a branch-coverage floor (pyproject's [tool.coverage.report] fail_under); then the
+# whole suite again with the ledger on a real PostgreSQL server the tests start themselves.
+test: install postgres
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --cov --cov-report=term:skip-covered
+	@if $(HAVE_POSTGRES); then \
+		echo "--- again with the ledger on PostgreSQL"; \
+		BRIDGE_TEST_LEDGER=postgres $(BIN)/python -m pytest -q -n $(TEST_WORKERS); \
+	else \
+		echo "!!!!!! PostgreSQL is not available here: the suite on the PostgreSQL ledger was NOT run !!!!!!"; \
+	fi
 
 bench: install
 	$(BIN)/python -m bench.fidelity

@@ -21,7 +21,7 @@ from bridge.after_call.call_records import CallRecords
 from bridge.after_call.delivery import ATTEMPT_TIMEOUT_S, ResultDelivery
 from bridge.after_call.eka_webhook import PATH as EKA_WEBHOOK_PATH
 from bridge.after_call.eka_webhook import EkaWebhook
-from bridge.after_call.ledger import Ledger
+from bridge.after_call.ledger import Ledger, open_store
 from bridge.after_call.result_poller import LONG_POLL_TIMEOUT_S, ResultPoller
 from bridge.after_call.sweeper import Sweeper
 from bridge.config import Settings
@@ -71,7 +71,9 @@ class Bridge:
         self.log = log if log is not None else structlog.get_logger("bridge")
         self.calls = CallRegistry()
         self.ledger = Ledger(
-            settings.ledger_path, boot_id=secrets.token_hex(8), keep_results=bool(settings.result_webhook_url)
+            open_store(database_url=settings.database_url, sqlite_path=settings.ledger_path),
+            boot_id=secrets.token_hex(8),
+            keep_results=bool(settings.result_webhook_url),
         )
         self.draining = False
         #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
@@ -136,7 +138,7 @@ class Bridge:
             "bridge_ready",
             eka_base_url=s.eka_base_url,
             development=s.development,
-            ledger=s.ledger_path,
+            ledger=self.ledger.where,
             result_delivery=bool(self.delivery),
             eka_webhook=bool(s.eka_webhook_signing_key),
             calls_api=bool(s.api_key),

@@ -60,6 +60,7 @@ class Settings:
     replay_s: float = 1.0
     max_session_parts: int = 10
     ledger_path: str = "bridge-ledger.db"
+    database_url: str | None = None
     drain_s: float = 3600.0
     sweep_grace_s: float = 10.0
     sweep_interval_s: float = 60.0
@@ -138,6 +139,7 @@ class Settings:
             replay_s=r.number("BRIDGE_REPLAY_S", 1.0, 0, 30),
             max_session_parts=int(r.number("BRIDGE_MAX_SESSION_PARTS", 10, 1, 100)),
             ledger_path=r.text("BRIDGE_LEDGER_PATH") or "bridge-ledger.db",
+            database_url=r.database_url("BRIDGE_DATABASE_URL"),
             drain_s=r.number("BRIDGE_DRAIN_S", 3600.0, 0, 86400),
             sweep_grace_s=r.number("BRIDGE_SWEEP_GRACE_S", 10.0, 0, 3600),
             sweep_interval_s=r.number("BRIDGE_SWEEP_INTERVAL_S", 60.0, 0.1, 86400),
@@ -272,6 +274,14 @@ class _Reader:
             self.problems.append(f"{name}={value!r} must be an absolute {'/'.join(schemes)} URL")
             return default
         return value if exact else value.rstrip("/")
+
+    def database_url(self, name: str) -> str | None:
+        """A PostgreSQL URL (``postgresql://user[:password]@host[:port]/db``), or None for SQLite."""
+        value = self.text(name)
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            self.problems.append(f"{name} must be a postgresql:// URL (unset: SQLite at BRIDGE_LEDGER_PATH)")
+            return None
+        return value
 
     def e164(self, name: str) -> str | None:
         value = self.text(name)

@@ -14,6 +14,7 @@ import structlog
 from bridge.app import Bridge
 from bridge.config import Settings
 from bridge.emulator import Emulator, EmulatorOptions
+from tests import postgres
 from tests.servers import serve
 
 CLIENT_ID = "test-client"
@@ -105,6 +106,7 @@ async def running(
     logs = LogCapture()
     async with serve(emulator.app) as eka_url:
         settings.setdefault("ledger_path", str(tmp_path / "ledger.db"))
+        settings.setdefault("database_url", postgres.database_url())  # None: SQLite at ledger_path
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())
         async with serve(
             bridge.app, ws_max_size=bridge.settings.ws_max_bytes, http=bridge.http_protocol()

@@ -92,7 +92,7 @@ async def test_emulator_records_when_each_frame_arrived(tmp_path: Path) -> None:
     began = time.monotonic()
     async with running(tmp_path, emulator_options={"record_arrivals": True}) as h:
         await replay(h.twilio_url, plan_messages(call, ulaw_call(1.0)), pace=10)
-        await h.emulator.wait_for(lambda: h.only_session().ended_at is not None, 10)
+        await h.emulator.wait_for(lambda: any(s.ended_at is not None for s in h.emulator.sessions.values()), 10)
         async with httpx.AsyncClient() as http:
             body = (await http.get(f"{h.eka_url}/_emulator/arrivals")).json()
     (session,) = body["sessions"]
@@ -109,7 +109,7 @@ async def test_emulator_records_when_each_frame_arrived(tmp_path: Path) -> None:
 async def test_emulator_keeps_no_arrivals_unless_asked(tmp_path: Path) -> None:
     async with running(tmp_path) as h:
         await replay(h.twilio_url, plan_messages(TwilioCall(), ulaw_call(0.5)), pace=10)
-        await h.emulator.wait_for(lambda: h.only_session().ended_at is not None, 10)
+        await h.emulator.wait_for(lambda: any(s.ended_at is not None for s in h.emulator.sessions.values()), 10)
         async with httpx.AsyncClient() as http:
             body = (await http.get(f"{h.eka_url}/_emulator/arrivals")).json()
     assert body["recording"] is False and body["sessions"][0]["arrivals"] == []

@@ -20,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 from bridge.audio.resample import HALF_SPAN
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
+from tests import postgres
 from tests.harness import CLIENT_ID, CLIENT_SECRET, assert_processed_whole
 from tests.live.test_call import received_pcm, ulaw_call
 from tests.live.test_failures import expected_stream
@@ -27,6 +28,12 @@ from tests.servers import serve
 
 pytestmark = pytest.mark.anyio
 TWILIO_TOKEN = "twilio-test-token"
+
+
+def a_ledger(tmp_path: Path) -> str:
+    """Where a test's bridge processes keep their ledger: a fresh PostgreSQL database when the
+    suite runs on it, else a SQLite file."""
+    return postgres.database_url() or str(tmp_path / "ledger.db")
 
 
 class BridgeProcess:
@@ -44,7 +51,7 @@ class BridgeProcess:
         return f"ws://127.0.0.1:{self.port}/twilio/stream"
 
     @classmethod
-    async def start(cls, eka_url: str, ledger: Path, **env: str) -> BridgeProcess:
+    async def start(cls, eka_url: str, ledger: str, **env: str) -> BridgeProcess:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -54,7 +61,7 @@ class BridgeProcess:
             "EKA_CLIENT_ID": CLIENT_ID,
             "EKA_CLIENT_SECRET": CLIENT_SECRET,
             "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "BRIDGE_LEDGER_PATH": str(ledger),
+            **({"BRIDGE_DATABASE_URL": ledger} if ledger.startswith("postgresql") else {"BRIDGE_LEDGER_PATH": ledger}),
             "BRIDGE_LOG_FORMAT": "json",
             "EKA_BACKOFF_BASE_S": "0.02",
             **env,
@@ -107,7 +114,7 @@ def audio_arrived(emulator: Emulator, seconds: float) -> Callable[[], bool]:
 async def test_sigterm_mid_call_drains_then_finalizes_before_exit(tmp_path: Path) -> None:
     audio = ulaw_call(20.0)
     async with emulator_running(tmp_path) as (emulator, eka_url):
-        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_DRAIN_S="1.5")
+        bridge = await BridgeProcess.start(eka_url, a_ledger(tmp_path), BRIDGE_DRAIN_S="1.5")
         try:
             url = bridge.stream_url
             calling = asyncio.create_task(
@@ -148,7 +155,7 @@ async def test_sigterm_mid_call_drains_then_finalizes_before_exit(tmp_path: Path
 async def test_a_second_signal_finalizes_at_once(tmp_path: Path) -> None:
     audio = ulaw_call(20.0)
     async with emulator_running(tmp_path) as (emulator, eka_url):
-        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_DRAIN_S="3600")
+        bridge = await BridgeProcess.start(eka_url, a_ledger(tmp_path), BRIDGE_DRAIN_S="3600")
         try:
             calling = asyncio.create_task(
                 replay(bridge.stream_url, plan_messages(TwilioCall(), audio), pace=1.0, auth_token=TWILIO_TOKEN)
@@ -170,7 +177,7 @@ async def test_a_second_signal_finalizes_at_once(tmp_path: Path) -> None:
 
 async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path: Path) -> None:
     audio = ulaw_call(20.0)
-    ledger = tmp_path / "ledger.db"
+    ledger = a_ledger(tmp_path)
     async with emulator_running(tmp_path) as (emulator, eka_url):
         first = await BridgeProcess.start(eka_url, ledger)
         try:
@@ -210,7 +217,7 @@ async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path
     from bridge.providers.vobiz.simulator import plan_messages as vobiz_plan
 
     async with emulator_running(tmp_path) as (emulator, eka_url):
-        bridge = await BridgeProcess.start(eka_url, tmp_path / "ledger.db", BRIDGE_FLUSH_SETTLE_S="1")
+        bridge = await BridgeProcess.start(eka_url, a_ledger(tmp_path), BRIDGE_FLUSH_SETTLE_S="1")
         try:
             vobiz_url = f"ws://127.0.0.1:{bridge.port}/vobiz/stream"
             for _ in range(5):

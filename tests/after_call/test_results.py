@@ -7,7 +7,6 @@ webhook), the bridge, and a clinic receiver that checks signatures with its own 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,13 +16,13 @@ import httpx
 import pytest
 
 from bridge.after_call.eka_webhook import session_of
-from bridge.after_call.ledger import Ledger, SessionResult
+from bridge.after_call.ledger import Ledger, SessionResult, open_store
 from bridge.emulator import Emulator, EmulatorOptions
 from bridge.emulator.results import transcript
 from bridge.emulator.webhooks import SentWebhook
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.signing import sign
-from tests import ROOT
+from tests import ROOT, postgres
 from tests.harness import CLIENT_ID, CLIENT_SECRET, LogCapture, bridge_running, running
 from tests.live.test_call import CALL_TIMEOUT, PACE, finished, ulaw_call
 from tests.receiver import SECRET, Receiver
@@ -138,16 +137,18 @@ async def test_a_restart_between_end_and_result_resumes_polling(tmp_path: Path) 
     )
     first_logs, second_logs = LogCapture(), LogCapture()
     async with Receiver().running() as rx, serve(emulator.app) as eka_url:
-        settings = {"ledger_path": str(ledger), **delivering(rx)}
+        settings = {"ledger_path": str(ledger), "database_url": postgres.database_url(), **delivering(rx)}
         async with bridge_running(eka_url, first_logs, **settings) as (first, url):
             await replay(url.replace("http", "ws") + "/twilio/stream", plan_messages(call, audio), pace=PACE)
             await first.calls.wait_finished(1, CALL_TIMEOUT)
             await emulator.wait_for(lambda: emulator.count("get", 202) >= 1, WAIT)
         (session,) = emulator.sessions.values()
-        with sqlite3.connect(ledger) as db:
-            queued = db.execute("SELECT session_id FROM result_queue").fetchall()
+        reader = Ledger(open_store(database_url=settings["database_url"], sqlite_path=str(ledger)), boot_id="reader")
+        await reader.open()
+        queued = [row.session_id for row in await reader.awaiting_results()]
+        await reader.close()
         assert first.results.recorded == 0 and not rx.attempts
-        assert queued == [(session.session_id,)]
+        assert queued == [session.session_id]
 
         assert emulator.complete_processing() == 1  # Eka finishes while no bridge is running
         async with bridge_running(eka_url, second_logs, **settings) as (second, _):
@@ -304,13 +305,14 @@ async def test_a_call_a_crashed_process_left_is_delivered_once_its_swept_session
     """The ledger's rule, on a real SQLite file: a call still running here waits for its end; a
     call a previous process left (never finished) is complete once its sessions have results."""
     path = str(tmp_path / "ledger.db")
-    crashed = Ledger(path, boot_id="crashed")
+    url = postgres.database_url()  # the same rule on PostgreSQL when the suite runs on it
+    crashed = Ledger(open_store(database_url=url, sqlite_path=path), boot_id="crashed")
     await crashed.open()
     await crashed.call_started("CA-left", "twilio")
     await crashed.session_opened("ses_left_0000000001", "CA-left", "twilio", 1)
     await crashed.close()
 
-    ledger = Ledger(path, boot_id="now", keep_results=True)
+    ledger = Ledger(open_store(database_url=url, sqlite_path=path), boot_id="now", keep_results=True)
     await ledger.open()
     try:
         await ledger.call_started("CA-live", "twilio")

@@ -39,8 +39,9 @@ from tests.live.test_call import ulaw_call
 pytestmark = pytest.mark.anyio
 QUICK_FLUSH = {"flush_delay_s": 0.05}
 #: /healthz must answer within this while an attack runs. The budget is 100 ms on a quiet
-#: machine; the suite runs four workers on two cores, so the test allows scheduling noise.
-HEALTH_BOUND_S = 0.3
+#: machine; here the attacker, the bridge and the emulator share one event loop, and the suite
+#: runs four workers on two cores, so the test allows that noise.
+HEALTH_BOUND_S = 0.5
 #: Resident memory one attack may add to the test process (bridge and emulator together).
 RSS_BOUND_KB = 64 * 1024
 

@@ -23,7 +23,7 @@ import pytest
 import structlog
 
 from bridge import logging as bridge_logging
-from bridge.after_call.ledger import Ledger
+from bridge.after_call.ledger import Ledger, SqliteStore
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
@@ -49,7 +49,7 @@ async def a_call(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Call, L
     logs = LogCapture()
     log = logs.logger()
     base = Settings(eka_access_token="t", create_budget_s=0, end_budget_s=0, **settings)
-    ledger = Ledger(str(tmp_path / "ledger.db"), boot_id="unit")
+    ledger = Ledger(SqliteStore(str(tmp_path / "ledger.db")), boot_id="unit")
     await ledger.open()
     async with httpx.AsyncClient(timeout=1) as http:
         backoff = Backoff(0.01, 0.01)
