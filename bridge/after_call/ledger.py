@@ -548,6 +548,10 @@ class Ledger:
         previous process, so no session will be added) and every one of its sessions has a result."""
         if not self.keep_results:
             return None
+        # Lock the call's row first: a call's last result and its end may be recorded at once (on
+        # PostgreSQL, on two connections); each must see the other's write, or neither would make
+        # the delivery. A no-op UPDATE locks the row in PostgreSQL; SQLite's writes are serial anyway.
+        db.execute("UPDATE calls SET call_sid = call_sid WHERE call_sid = ?", (call_sid,))
         call = db.execute("SELECT boot_id, finished_at FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
         if call is None or (call[1] is None and call[0] == self.boot_id):
             return None

@@ -6,6 +6,7 @@ webhook), the bridge, and a clinic receiver that checks signatures with its own 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime
@@ -335,3 +336,27 @@ async def test_a_call_a_crashed_process_left_is_delivered_once_its_swept_session
     assert finished is not None and again is None  # one delivery per call, however often asked
     assert sorted(d.call_sid for d in due) == ["CA-left", "CA-live"]
     assert all(d.sessions[0]["transcript"] == "t" for d in due)
+
+
+async def test_a_calls_last_result_and_its_end_recorded_at_once_make_exactly_one_delivery(tmp_path: Path) -> None:
+    """On PostgreSQL the two land on two connections at the same moment: each must see the
+    other's write (the call's row is locked first), or neither would make the delivery."""
+    url = postgres.database_url()
+    ledger = Ledger(
+        open_store(database_url=url, sqlite_path=str(tmp_path / "ledger.db")), boot_id="b", keep_results=True
+    )
+    await ledger.open()
+    try:
+        done = SessionResult("completed", 200, 1, "poll", transcript="t", templates=[])
+        made: list[str | None] = []
+        for i in range(20):
+            call, session = f"CA-race-{i}", f"ses_race_{i:012d}"
+            await ledger.call_started(call, "twilio")
+            await ledger.session_opened(session, call, "twilio", 1)
+            await ledger.session_ended(session, "ended")
+            made += await asyncio.gather(ledger.record_result(session, done), ledger.call_finished(call, {}))
+        due = await ledger.due_deliveries(time.time() + 1, 100)
+    finally:
+        await ledger.close()
+    assert len([m for m in made if m]) == 20  # one per call, from whichever landed second
+    assert sorted(d.call_sid for d in due) == sorted(f"CA-race-{i}" for i in range(20))
