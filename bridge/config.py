@@ -6,6 +6,9 @@ integrator fixes them all in one go; nothing here reads the environment later.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -84,6 +87,14 @@ class Settings:
     vobiz_stream_token: str | None = None
     vobiz_reconnect_grace_s: float = 3.0
     vobiz_l16_byte_order: str = "auto"
+    plivo_auth_token: str | None = None
+    plivo_reconnect_grace_s: float = 3.0
+    signalwire_signing_key: str | None = None
+    signalwire_stream_token: str | None = None
+    exotel_basic_auth: str | None = None
+    exotel_allowed_ips: tuple[str, ...] = ()
+    telnyx_stream_auth_token: str | None = None
+    telnyx_public_key: str | None = None
     # Results and operations: Get Session polling, deliveries, the Eka webhook, the /calls API.
     result_poll_s: float = 1.0
     result_deadline_s: float = 900.0
@@ -162,6 +173,14 @@ class Settings:
             vobiz_stream_token=r.token("VOBIZ_STREAM_TOKEN"),
             vobiz_reconnect_grace_s=r.number("VOBIZ_RECONNECT_GRACE_S", 3.0, 0, 600),
             vobiz_l16_byte_order=r.choice("VOBIZ_L16_BYTE_ORDER", ("auto", "big", "little"), "auto") or "auto",
+            plivo_auth_token=r.text("PLIVO_AUTH_TOKEN"),
+            plivo_reconnect_grace_s=r.number("PLIVO_RECONNECT_GRACE_S", 3.0, 0, 600),
+            signalwire_signing_key=r.text("SIGNALWIRE_SIGNING_KEY"),
+            signalwire_stream_token=r.token("SIGNALWIRE_STREAM_TOKEN"),
+            exotel_basic_auth=r.basic_auth("EXOTEL_BASIC_AUTH"),
+            exotel_allowed_ips=r.networks("EXOTEL_ALLOWED_IPS"),
+            telnyx_stream_auth_token=r.token("TELNYX_STREAM_AUTH_TOKEN"),
+            telnyx_public_key=r.ed25519_key("TELNYX_PUBLIC_KEY"),
             result_poll_s=r.number("EKA_RESULT_POLL_S", 1.0, 0.05, 60),
             result_deadline_s=r.number("EKA_RESULT_DEADLINE_S", 900.0, 1, 7 * 86400),
             eka_webhook_signing_key=r.secret("EKA_WEBHOOK_SIGNING_KEY"),
@@ -221,6 +240,41 @@ class _Reader:
         value = self.text(name)
         if value is not None and (not value.isalnum() or not value.isascii() or len(value) < 16):
             self.problems.append(f"{name} must be at least 16 letters and digits (it goes in a URL path)")
+            return None
+        return value
+
+    def basic_auth(self, name: str) -> str | None:
+        """``user:password`` for HTTP Basic auth: a user without ``:``, a password of at least 16."""
+        value = self.text(name)
+        if value is None:
+            return None
+        user, sep, password = value.partition(":")
+        if not sep or not user or len(password) < 16 or not value.isprintable():
+            self.problems.append(f"{name} must be user:password, the password at least 16 characters")
+            return None
+        return value
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        """Comma-separated IP addresses or CIDR blocks, normalised (``10.0.0.0/8``, ``::1/128``)."""
+        found = []
+        for item in self.listing(name):
+            try:
+                found.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                self.problems.append(f"{name}: {item!r} is not an IP address or CIDR block")
+        return tuple(found)
+
+    def ed25519_key(self, name: str) -> str | None:
+        """A base64 Ed25519 public key: 32 bytes once decoded."""
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            self.problems.append(f"{name} must be a base64 Ed25519 public key (32 bytes)")
             return None
         return value
 

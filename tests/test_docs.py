@@ -18,7 +18,7 @@ CONFIG_SOURCE = ROOT / "bridge" / "config.py"
 CONFIGURATION_PAGE = DOCS / "configuration.md"
 README_MAX_LINES = 220
 #: Names of ours; anything else in the table (``PORT``, ``FORWARDED_ALLOW_IPS``) is read elsewhere.
-OUR_PREFIXES = ("EKA_", "BRIDGE_", "VOBIZ_", "TWILIO_", "RESULT_")
+OUR_PREFIXES = ("EKA_", "BRIDGE_", "VOBIZ_", "TWILIO_", "RESULT_", "PLIVO_", "SIGNALWIRE_", "EXOTEL_", "TELNYX_")
 
 #: ``r.number("BRIDGE_BATCH_MS", ...)``: the first argument of every reader call in ``from_env``.
 READER_CALL = re.compile(r"""\br\.[a-z_][a-z0-9_]*\(\s*["']([A-Z][A-Z0-9_]*)["']""")

@@ -13,10 +13,18 @@ from bridge.providers.base import EndCall, Provider
 
 def build_providers(settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> list[Provider]:
     """Every provider this service speaks, ready to serve."""
+    from bridge.providers.exotel.webhooks import ExotelProvider
+    from bridge.providers.plivo.webhooks import PlivoProvider
+    from bridge.providers.signalwire.webhooks import SignalWireProvider
+    from bridge.providers.telnyx.webhooks import TelnyxProvider
     from bridge.providers.twilio.webhooks import TwilioProvider
     from bridge.providers.vobiz.webhooks import VobizProvider
 
     return [
         TwilioProvider(settings, log=log, rejections=rejections),
         VobizProvider(settings, log=log, rejections=rejections, end_call=end_call),
+        PlivoProvider(settings, log=log, rejections=rejections, end_call=end_call),
+        SignalWireProvider(settings, log=log, rejections=rejections),
+        ExotelProvider(settings, log=log, rejections=rejections),
+        TelnyxProvider(settings, log=log, rejections=rejections),
     ]

@@ -133,7 +133,7 @@ class ReplayResult:
         body = message.get("media")
         if not isinstance(body, dict):
             return
-        track = str(body.get("track", ""))
+        track = str(body.get("track") or "inbound")  # a single-track stream may name none (Exotel)
         try:
             size = len(base64.b64decode(str(body.get("payload", "")), validate=True))
         except (binascii.Error, ValueError):

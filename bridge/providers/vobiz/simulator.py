@@ -180,12 +180,13 @@ def plan_connections(
     frame_ms: int = 20,
     start_epoch_ms: int | None = None,
     reconnect_after_s: float | None = None,
+    first_seq: int = 0,
 ) -> list[Connection]:
     """The call as one connection, or two when ``reconnect_after_s`` is given.
 
     With a reconnect, the first connection carries the frames that end by that stream
     time; the second has a new ``streamId`` (same ``callId``), its own ``start`` with
-    ``sequenceNumber`` 0, ``chunk`` from 1 again, and the rest of the audio with
+    ``sequenceNumber`` ``first_seq`` (Vobiz: 0, Plivo: 1), ``chunk`` from 1 again, and the rest of the audio with
     timestamps continuing on the same epoch clock: nothing lost, nothing repeated.
     """
     epoch = int(time.time() * 1000) if start_epoch_ms is None else start_epoch_ms
@@ -193,6 +194,7 @@ def plan_connections(
         "content_type": content_type,
         "l16_byte_order": l16_byte_order,
         "frame_ms": frame_ms,
+        "first_seq": first_seq,
     }
     if reconnect_after_s is None:
         return [Connection(call, plan_messages(call, inbound, outbound, start_epoch_ms=epoch, **options))]
