@@ -107,22 +107,42 @@ class CallRoute:
         }
 
 
-def resolve(settings: Settings, number: str | None) -> CallRoute:
+@dataclass(frozen=True)
+class RouteDefaults:
+    """The settings routing reads, and only those: the environment defaults and the routes file."""
+
+    call_mode: str
+    forward_number: str | None
+    templates: tuple[str, ...]
+    language_hint: tuple[str, ...]
+    session_mode: str
+    consent: bool
+    consent_text: str
+    consent_voice: str | None
+    consent_language: str | None
+    routes: RoutingTable | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> RouteDefaults:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+def resolve(defaults: RouteDefaults, number: str | None) -> CallRoute:
     """The route for a call to ``number``: env defaults ← ``[default]`` ← the number's section."""
     values: dict[str, Any] = {
-        "mode": settings.call_mode,
-        "forward_to": settings.forward_number,
-        "templates": settings.templates,
-        "language_hint": settings.language_hint,
-        "session_mode": settings.session_mode,
-        "consent": settings.consent,
-        "consent_text": settings.consent_text,
-        "consent_voice": settings.consent_voice,
-        "consent_language": settings.consent_language,
+        "mode": defaults.call_mode,
+        "forward_to": defaults.forward_number,
+        "templates": defaults.templates,
+        "language_hint": defaults.language_hint,
+        "session_mode": defaults.session_mode,
+        "consent": defaults.consent,
+        "consent_text": defaults.consent_text,
+        "consent_voice": defaults.consent_voice,
+        "consent_language": defaults.consent_language,
         "clinic_id": None,
         "doctor_id": None,
     }
-    table = settings.routes
+    table = defaults.routes
     own = table.spec_for(number) if table is not None and number else None
     layers = [table.default, own] if table is not None else []
     session_mode_set = False

@@ -11,7 +11,7 @@ import pytest
 
 from bridge import cli
 from bridge.config import ConfigError, Settings
-from bridge.routing import load_routes, resolve
+from bridge.routing import RouteDefaults, load_routes, resolve
 
 GOOD = """
 # A clinic with two numbers.
@@ -53,7 +53,7 @@ def problems_of(env: dict[str, str]) -> list[str]:
 def test_a_good_file_layers_over_the_environment(tmp_path: Path) -> None:
     env = {**BASE_ENV, "BRIDGE_ROUTES_FILE": write(tmp_path, GOOD), "EKA_LANGUAGE_HINT": "en"}
     settings = Settings.from_env(env)
-    clinic = resolve(settings, "+15550001111")
+    clinic = resolve(RouteDefaults.of(settings), "+15550001111")
     assert clinic.number == "+15550001111" and clinic.mode == "forward"
     assert clinic.forward_to == "+15550002222"
     assert clinic.templates == ("clinical_notes_template", "eka_soap")
@@ -65,13 +65,13 @@ def test_a_good_file_layers_over_the_environment(tmp_path: Path) -> None:
         "route": "+15550001111",
     }
 
-    dictation = resolve(settings, "+15550003333")
+    dictation = resolve(RouteDefaults.of(settings), "+15550003333")
     assert (dictation.mode, dictation.session_mode, dictation.consent) == ("dictation", "dictation", False)
     assert dictation.language_hint == ("en",)  # from the environment
 
-    other = resolve(settings, "+15557770000")
+    other = resolve(RouteDefaults.of(settings), "+15557770000")
     assert other.number is None and other.forward_to == "+15550009999"
-    assert resolve(settings, None) == other
+    assert resolve(RouteDefaults.of(settings), None) == other
 
 
 def test_without_a_file_the_environment_decides(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_without_a_file_the_environment_decides(tmp_path: Path) -> None:
         "BRIDGE_MEDIA_IDLE_S": "12.5",
     }
     settings = Settings.from_env(env)
-    route = resolve(settings, "+15550001111")
+    route = resolve(RouteDefaults.of(settings), "+15550001111")
     assert (route.mode, route.session_mode, route.consent, route.forward_to) == (
         "dictation",
         "dictation",

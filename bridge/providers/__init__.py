@@ -13,18 +13,19 @@ from bridge.providers.base import EndCall, Provider
 
 def build_providers(settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> list[Provider]:
     """Every provider this service speaks, ready to serve."""
-    from bridge.providers.exotel.webhooks import ExotelProvider
-    from bridge.providers.plivo.webhooks import PlivoProvider
-    from bridge.providers.signalwire.webhooks import SignalWireProvider
-    from bridge.providers.telnyx.webhooks import TelnyxProvider
-    from bridge.providers.twilio.webhooks import TwilioProvider
-    from bridge.providers.vobiz.webhooks import VobizProvider
+    from bridge.providers.exotel.webhooks import ExotelProvider, ExotelSettings
+    from bridge.providers.plivo.webhooks import PlivoProvider, PlivoSettings
+    from bridge.providers.signalwire.webhooks import SignalWireProvider, SignalWireSettings
+    from bridge.providers.telnyx.webhooks import TelnyxProvider, TelnyxSettings
+    from bridge.providers.twilio.webhooks import TwilioProvider, TwilioSettings
+    from bridge.providers.vobiz.webhooks import VobizProvider, VobizSettings
 
+    # Each provider is given the settings it reads, and only those.
     return [
-        TwilioProvider(settings, log=log, rejections=rejections),
-        VobizProvider(settings, log=log, rejections=rejections, end_call=end_call),
-        PlivoProvider(settings, log=log, rejections=rejections, end_call=end_call),
-        SignalWireProvider(settings, log=log, rejections=rejections),
-        ExotelProvider(settings, log=log, rejections=rejections),
-        TelnyxProvider(settings, log=log, rejections=rejections),
+        TwilioProvider(TwilioSettings.of(settings), log=log, rejections=rejections),
+        VobizProvider(VobizSettings.of(settings), log=log, rejections=rejections, end_call=end_call),
+        PlivoProvider(PlivoSettings.of(settings), log=log, rejections=rejections, end_call=end_call),
+        SignalWireProvider(SignalWireSettings.of(settings), log=log, rejections=rejections),
+        ExotelProvider(ExotelSettings.of(settings), log=log, rejections=rejections),
+        TelnyxProvider(TelnyxSettings.of(settings), log=log, rejections=rejections),
     ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Self
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
@@ -18,6 +19,10 @@ from starlette.websockets import WebSocket
 
 from bridge.errors import Refused as Refused
 from bridge.providers.events import StreamEvent, StreamStart
+from bridge.routing import RouteDefaults
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
 
 #: Serves one provider stream socket to its end (the service's shared stream handler).
 StreamEndpoint = Callable[[WebSocket], Awaitable[None]]
@@ -28,6 +33,27 @@ EndCall = Callable[[str, str, str], Awaitable[bool]]
 MAX_WEBHOOK_BYTES = 64 * 1024
 #: Longest form value copied into a log line.
 MAX_LOGGED_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The settings every provider reads; each provider's own subclass adds its credentials and
+    options. ``of`` copies them from ``Settings`` by field name (``routing``: what routing reads)."""
+
+    development: bool
+    routing: RouteDefaults
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        values: dict[str, Any] = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "routing"}
+        return cls(routing=RouteDefaults.of(settings), **values)
+
+
+@dataclass(frozen=True)
+class WebhookSettings(ProviderSettings):
+    """A provider with webhooks also reads the public URL they are signed over."""
+
+    public_url: str | None
 
 
 class Provider(ABC):

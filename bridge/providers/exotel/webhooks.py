@@ -14,15 +14,15 @@ is looked up in the bridge's own table, so only the key comes from the stream.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridge.config import Settings
 from bridge.logging import Logger
-from bridge.providers.base import Provider, Refused, StreamEndpoint
+from bridge.providers.base import Provider, ProviderSettings, Refused, StreamEndpoint
 from bridge.providers.events import StreamEvent, StreamStart
 from bridge.providers.exotel import auth
 from bridge.providers.exotel import stream as exotel
@@ -33,12 +33,20 @@ STREAM_PATH = "/exotel/stream"
 ROUTE_PARAMETER = "route"
 
 
+@dataclass(frozen=True)
+class ExotelSettings(ProviderSettings):
+    """The settings Exotel reads (no webhooks, so no public URL)."""
+
+    exotel_basic_auth: str | None
+    exotel_allowed_ips: tuple[str, ...]
+
+
 class ExotelProvider(Provider):
     name = exotel.PROVIDER
     #: Exotel documents raw PCM as little-endian.
     l16_byte_order = "little"
 
-    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str]) -> None:
+    def __init__(self, settings: ExotelSettings, *, log: Logger, rejections: Counter[str]) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections
@@ -92,8 +100,8 @@ class ExotelProvider(Provider):
         for key in (ROUTE_PARAMETER, exotel.CALLED_PARAMETER):
             value = start.custom_parameters.get(key, "").strip()
             if is_e164(value):
-                return resolve(self.settings, value)
-        return resolve(self.settings, None)
+                return resolve(self.settings.routing, value)
+        return resolve(self.settings.routing, None)
 
     def session_overrides(self, start: StreamStart) -> dict[str, Any]:
         return self.route_for(start).session_overrides()

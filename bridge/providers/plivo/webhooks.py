@@ -16,12 +16,12 @@ development mode is on, and start-up says so.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from bridge.config import Settings
 from bridge.logging import Logger
-from bridge.providers.base import EndCall, Refused
+from bridge.providers.base import EndCall, Refused, WebhookSettings
 from bridge.providers.plivo import stream as plivo
 from bridge.providers.plivo.signature import (
     NONCE_V3_HEADER,
@@ -37,10 +37,18 @@ from bridge.providers.schemes.v3_nonce import NonceCache
 L16_BYTE_ORDER = "auto"
 
 
-class PlivoProvider(PlivoFamilyProvider):
+@dataclass(frozen=True)
+class PlivoSettings(WebhookSettings):
+    """The settings Plivo reads."""
+
+    plivo_auth_token: str | None
+    plivo_reconnect_grace_s: float
+
+
+class PlivoProvider(PlivoFamilyProvider[PlivoSettings]):
     name = plivo.PROVIDER
 
-    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> None:
+    def __init__(self, settings: PlivoSettings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> None:
         # Plivo retries a dropped socket (twice): the call waits that long for it, in one session.
         super().__init__(
             settings,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 from abc import abstractmethod
 from collections import Counter, OrderedDict
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
@@ -27,9 +27,17 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridge.config import Settings, stream_url
+from bridge.config import stream_url
 from bridge.logging import Logger
-from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, EndCall, Provider, Refused, StreamEndpoint
+from bridge.providers.base import (
+    MAX_LOGGED_CHARS,
+    MAX_WEBHOOK_BYTES,
+    EndCall,
+    Provider,
+    Refused,
+    StreamEndpoint,
+    WebhookSettings,
+)
 from bridge.providers.events import StreamEvent, StreamStart
 from bridge.providers.vobiz import stream as wire
 from bridge.routing import CallRoute, is_e164, resolve
@@ -38,14 +46,17 @@ from bridge.routing import CallRoute, is_e164, resolve
 CONTENT_TYPE = "audio/x-mulaw;rate=8000"
 #: Calls remembered between the answer webhook and their stream (called number, for routing).
 MAX_REMEMBERED_CALLS = 10_000
+#: A provider's own settings: the webhook ones and its credentials and options.
+S = TypeVar("S", bound=WebhookSettings)
 
 
-class PlivoFamilyProvider(Provider):
-    """A provider answered with Plivo-style XML. Subclasses set ``name`` and implement the hooks."""
+class PlivoFamilyProvider(Provider, Generic[S]):
+    """A provider answered with Plivo-style XML. Subclasses set ``name``, name their settings
+    (``S``) and implement the hooks."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: S,
         *,
         log: Logger,
         rejections: Counter[str],
@@ -141,7 +152,7 @@ class PlivoFamilyProvider(Provider):
         call_id = fields.get("CallUUID", "")[:64]
         if call_id and called:
             self._remember(call_id, called)
-        route = resolve(self.settings, called)
+        route = resolve(self.settings.routing, called)
         base = self.public_base(request)
         token = self.stream_token()
         xml = wire.answer_xml(
@@ -210,7 +221,7 @@ class PlivoFamilyProvider(Provider):
             raise Refused(403, "token_invalid")
 
     def route_for(self, start: StreamStart) -> CallRoute:
-        return resolve(self.settings, self._called.get(start.call_id))
+        return resolve(self.settings.routing, self._called.get(start.call_id))
 
     def session_overrides(self, start: StreamStart) -> dict[str, Any]:
         return self.route_for(start).session_overrides()

@@ -24,26 +24,35 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections import Counter
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from bridge.config import Settings, stream_url
+from bridge.config import stream_url
 from bridge.logging import Logger
-from bridge.providers.base import MAX_LOGGED_CHARS, MAX_WEBHOOK_BYTES, Provider, Refused, StreamEndpoint
+from bridge.providers.base import (
+    MAX_LOGGED_CHARS,
+    MAX_WEBHOOK_BYTES,
+    Provider,
+    Refused,
+    StreamEndpoint,
+    WebhookSettings,
+)
 from bridge.providers.events import StreamStart
 from bridge.providers.twilio import twiml
 from bridge.routing import CallRoute, is_e164, resolve
 
 MARKUP_MEDIA_TYPE = "application/xml"
+#: A provider's own settings: the webhook ones and its credentials.
+S = TypeVar("S", bound=WebhookSettings)
 
 
-class TwimlProvider(Provider):
-    """A provider whose calls are answered with TwiML-family markup. Subclasses set the paths
-    and implement the hooks named in the module docstring."""
+class TwimlProvider(Provider, Generic[S]):
+    """A provider whose calls are answered with TwiML-family markup. Subclasses set the paths,
+    name their settings (``S``) and implement the hooks named in the module docstring."""
 
     stream_path: str
     voice_path: str
@@ -55,7 +64,7 @@ class TwimlProvider(Provider):
     #: Also serve ``<stream_path>/{token}`` (a stream secret carried in the URL path).
     stream_token_in_path: bool = False
 
-    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str]) -> None:
+    def __init__(self, settings: S, *, log: Logger, rejections: Counter[str]) -> None:
         self.settings = settings
         self.log = log
         self.rejections = rejections
@@ -161,7 +170,7 @@ class TwimlProvider(Provider):
             self.reject("voice", refused.reason, status=refused.status, conn=request)
             return PlainTextResponse(refused.reason, status_code=refused.status)
         called = fields.get("To", "").strip() or None
-        route = resolve(self.settings, called if called and is_e164(called) else None)
+        route = resolve(self.settings.routing, called if called and is_e164(called) else None)
         log = self.log.bind(call_sid=fields.get("CallSid", "")[:64] or None, called=called and called[:32])
         base = self.public_base(request)
         urls: dict[str, Any] = {
@@ -210,7 +219,7 @@ class TwimlProvider(Provider):
         configuration, never from the parameters.
         """
         key = start.custom_parameters.get(twiml.ROUTE_PARAMETER, "")
-        return resolve(self.settings, key if is_e164(key) else None)
+        return resolve(self.settings.routing, key if is_e164(key) else None)
 
     def session_overrides(self, start: StreamStart) -> dict[str, Any]:
         return self.route_for(start).session_overrides()

@@ -14,22 +14,31 @@ every stream, is refused (403) unless development mode is on; start-up says whic
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
-from bridge.providers.base import Refused
+from bridge.providers.base import Refused, WebhookSettings
 from bridge.providers.events import StreamEvent
 from bridge.providers.signalwire import stream
 from bridge.providers.signalwire.signature import COMPAT_SIGNATURE_HEADER, SIGNATURE_HEADER, validate_json
-from bridge.providers.twilio.webhooks import TwilioProvider
+from bridge.providers.twilio.webhooks import TwilioSignedProvider
 
 STREAM_PATH = "/signalwire/stream"
 VOICE_PATH = "/signalwire/voice"
 STATUS_PATH = "/signalwire/stream-status"
 
 
-class SignalWireProvider(TwilioProvider):
+@dataclass(frozen=True)
+class SignalWireSettings(WebhookSettings):
+    """The settings SignalWire reads."""
+
+    signalwire_signing_key: str | None
+    signalwire_stream_token: str | None
+
+
+class SignalWireProvider(TwilioSignedProvider[SignalWireSettings]):
     name = stream.PROVIDER
     stream_path = STREAM_PATH
     voice_path = VOICE_PATH

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hmac
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 
-from bridge.config import Settings, stream_url
+from bridge.config import stream_url
 from bridge.logging import Logger
-from bridge.providers.base import Refused
+from bridge.providers.base import Refused, WebhookSettings
 from bridge.providers.events import StreamEvent
 from bridge.providers.schemes.twiml_webhooks import TwimlProvider
 from bridge.providers.telnyx import signature, stream
@@ -37,7 +38,15 @@ STATUS_PATH = "/telnyx/stream-status"
 CODEC = "PCMU"
 
 
-class TelnyxProvider(TwimlProvider):
+@dataclass(frozen=True)
+class TelnyxSettings(WebhookSettings):
+    """The settings Telnyx reads."""
+
+    telnyx_public_key: str | None
+    telnyx_stream_auth_token: str | None
+
+
+class TelnyxProvider(TwimlProvider[TelnyxSettings]):
     name = stream.PROVIDER
     stream_path = STREAM_PATH
     voice_path = VOICE_PATH
@@ -48,7 +57,7 @@ class TelnyxProvider(TwimlProvider):
     #: L16 on Telnyx is the RTP payload: network byte order.
     l16_byte_order = "big"
 
-    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str]) -> None:
+    def __init__(self, settings: TelnyxSettings, *, log: Logger, rejections: Counter[str]) -> None:
         super().__init__(settings, log=log, rejections=rejections)
         key = settings.telnyx_public_key
         self.public_key = signature.public_key(key) if key else None  # validated at start-up

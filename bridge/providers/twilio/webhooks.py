@@ -14,14 +14,15 @@ in ``rejections`` and logs one ``twilio_rejected`` line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket
 
-from bridge.providers.base import Refused
+from bridge.providers.base import Refused, WebhookSettings
 from bridge.providers.events import StreamEvent
-from bridge.providers.schemes.twiml_webhooks import TwimlProvider
+from bridge.providers.schemes.twiml_webhooks import S, TwimlProvider
 from bridge.providers.twilio import stream
 from bridge.providers.twilio.signature import SIGNATURE_HEADER, validate
 from bridge.routing import resolve
@@ -32,49 +33,19 @@ STATUS_PATH = "/twilio/stream-status"
 TWIML_MEDIA_TYPE = "application/xml"
 
 
-class TwilioProvider(TwimlProvider):
-    name = stream.PROVIDER
-    stream_path = STREAM_PATH
-    voice_path = VOICE_PATH
-    status_path = STATUS_PATH
+@dataclass(frozen=True)
+class TwilioSettings(WebhookSettings):
+    """The settings Twilio reads."""
+
+    twilio_auth_token: str | None
+
+
+class TwilioSignedProvider(TwimlProvider[S]):
+    """A TwiML-family provider whose requests carry Twilio's signature (Twilio, and SignalWire
+    which copied it): the checks of webhooks and of the stream upgrade."""
+
     #: Headers that may carry the signature, in the order they are looked for.
     signature_headers: tuple[str, ...] = (SIGNATURE_HEADER,)
-
-    def parse(self, text: str) -> StreamEvent:
-        return stream.parse(text)
-
-    def webhook_key(self) -> str | None:
-        return self.settings.twilio_auth_token
-
-    # -- start-up ---------------------------------------------------------------------------
-
-    def announce(self) -> None:
-        """Say at start-up how Twilio traffic will be treated, when it is not the normal case."""
-        s = self.settings
-        if not s.twilio_auth_token and s.development:
-            self.log.warning(
-                "twilio_signatures_not_checked",
-                detail="TWILIO_AUTH_TOKEN is not set: development mode accepts unsigned Twilio requests",
-            )
-        elif not s.twilio_auth_token:
-            self.log.warning(
-                "twilio_traffic_refused",
-                detail="TWILIO_AUTH_TOKEN is not set: every Twilio webhook and stream is refused (403);"
-                " set it, or run with --dev",
-            )
-        if not s.public_url and not s.development:
-            self.log.warning(
-                "public_url_not_set",
-                detail="BRIDGE_PUBLIC_URL is not set: URLs are derived from each request's Host header,"
-                " which fails signature checks behind a TLS-terminating proxy",
-            )
-        default = resolve(s, None)
-        if default.mode == "forward" and not default.forward_to:
-            self.log.warning(
-                "no_default_forward_number",
-                detail="calls to numbers without a forward_to hear an apology and are hung up;"
-                " set BRIDGE_FORWARD_NUMBER or forward_to in the routes file",
-            )
 
     # -- signatures -----------------------------------------------------------------------------
 
@@ -121,3 +92,46 @@ class TwilioProvider(TwimlProvider):
         The caller answers a refusal with an HTTP status before accepting the socket.
         """
         self._check_signature(websocket, self.signed_url(websocket), None, either_slash=True)
+
+
+class TwilioProvider(TwilioSignedProvider[TwilioSettings]):
+    name = stream.PROVIDER
+    stream_path = STREAM_PATH
+    voice_path = VOICE_PATH
+    status_path = STATUS_PATH
+
+    def parse(self, text: str) -> StreamEvent:
+        return stream.parse(text)
+
+    def webhook_key(self) -> str | None:
+        return self.settings.twilio_auth_token
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Say at start-up how Twilio traffic will be treated, when it is not the normal case."""
+        s = self.settings
+        if not s.twilio_auth_token and s.development:
+            self.log.warning(
+                "twilio_signatures_not_checked",
+                detail="TWILIO_AUTH_TOKEN is not set: development mode accepts unsigned Twilio requests",
+            )
+        elif not s.twilio_auth_token:
+            self.log.warning(
+                "twilio_traffic_refused",
+                detail="TWILIO_AUTH_TOKEN is not set: every Twilio webhook and stream is refused (403);"
+                " set it, or run with --dev",
+            )
+        if not s.public_url and not s.development:
+            self.log.warning(
+                "public_url_not_set",
+                detail="BRIDGE_PUBLIC_URL is not set: URLs are derived from each request's Host header,"
+                " which fails signature checks behind a TLS-terminating proxy",
+            )
+        default = resolve(s.routing, None)
+        if default.mode == "forward" and not default.forward_to:
+            self.log.warning(
+                "no_default_forward_number",
+                detail="calls to numbers without a forward_to hear an apology and are hung up;"
+                " set BRIDGE_FORWARD_NUMBER or forward_to in the routes file",
+            )

@@ -15,12 +15,12 @@ set: HMAC-SHA256 over the query-stripped URL + "." + nonce, each nonce accepted 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from bridge.config import Settings
 from bridge.logging import Logger
-from bridge.providers.base import EndCall, Refused
+from bridge.providers.base import EndCall, Refused, WebhookSettings
 from bridge.providers.schemes.plivo_family import PlivoFamilyProvider
 from bridge.providers.vobiz import stream as vobiz
 from bridge.providers.vobiz.signature import NONCE_V3_HEADER, SIGNATURE_V3_HEADER, NonceCache, verify_v3
@@ -31,10 +31,20 @@ HANGUP_PATH = "/vobiz/hangup"
 STATUS_PATH = "/vobiz/stream-status"
 
 
-class VobizProvider(PlivoFamilyProvider):
+@dataclass(frozen=True)
+class VobizSettings(WebhookSettings):
+    """The settings Vobiz reads."""
+
+    vobiz_auth_token: str | None
+    vobiz_stream_token: str | None
+    vobiz_reconnect_grace_s: float
+    vobiz_l16_byte_order: str
+
+
+class VobizProvider(PlivoFamilyProvider[VobizSettings]):
     name = vobiz.PROVIDER
 
-    def __init__(self, settings: Settings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> None:
+    def __init__(self, settings: VobizSettings, *, log: Logger, rejections: Counter[str], end_call: EndCall) -> None:
         # No end signal on a Vobiz stream: a closed socket may come back (new streamId, same callId).
         super().__init__(
             settings,
