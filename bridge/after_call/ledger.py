@@ -213,7 +213,11 @@ class PostgresStore(Store):
         from psycopg_pool import ConnectionPool
 
         def connect() -> None:
-            pool = ConnectionPool(self.url, min_size=1, max_size=self._pool_size, open=True, timeout=10)
+            # Every connection up front, one per worker thread: the pool never has to grow (and
+            # make a write wait for a new connection) in the middle of a call.
+            size = self._pool_size
+            pool = ConnectionPool(self.url, min_size=size, max_size=size, open=False, timeout=10)
+            pool.open(wait=True, timeout=30)
             with pool.connection() as conn:
                 # Two processes starting together must not both create the schema.
                 conn.execute("SELECT pg_advisory_xact_lock(78151)")
