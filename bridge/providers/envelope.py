@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from bridge.providers.events import ProtocolError
+from bridge.providers.events import Media, ProtocolError
 
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -66,6 +66,26 @@ def payload(body: dict[str, Any]) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("bad_base64") from None
+
+
+def track_name(value: Any) -> str:
+    """A party's track name: ``inbound_track`` (TwiML's and TeXML's spelling) is ``inbound``;
+    none is the caller."""
+    if isinstance(value, str) and value:
+        return value.removesuffix("_track")
+    return "inbound"
+
+
+def media(msg: dict[str, Any]) -> Media:
+    """A ``media`` message in the Media-Streams shape every provider here shares:
+    ``media{track, payload (base64), timestamp (ms), chunk}``."""
+    body = nested(msg, "media")
+    return Media(
+        track=track_name(body.get("track")),
+        payload=payload(body),
+        timestamp_ms=optional_int(body.get("timestamp")),  # ms; the mixer's origin is the first
+        chunk=optional_int(body.get("chunk")),
+    )
 
 
 def xml_safe(text: str) -> str:

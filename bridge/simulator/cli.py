@@ -52,6 +52,10 @@ def _common_arguments(parser: argparse.ArgumentParser, *, outbound: str) -> None
     )
 
 
+def _param_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--param", type=_param, action="append", default=[], metavar="K=V", help=help)
+
+
 def _plivo_family_arguments(parser: argparse.ArgumentParser) -> None:
     """Vobiz's and Plivo's replay options: the same Audio Streams."""
     _common_arguments(parser, outbound="the callee")
@@ -90,14 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="sign the upgrade with X-Twilio-Signature over the exact --url (default: $TWILIO_AUTH_TOKEN)",
     )
-    twilio.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="a <Parameter> for start.customParameters (repeatable)",
-    )
+    _param_argument(twilio, "a <Parameter> for start.customParameters (repeatable)")
     twilio.set_defaults(**{RUNNER: run_twilio})
 
     vobiz = providers.add_parser(
@@ -136,14 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send Authorization: Bearer T on the upgrade, as <Stream authBearerToken> makes SignalWire do"
         " (default: $SIGNALWIRE_STREAM_TOKEN)",
     )
-    signalwire.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="a <Parameter> for start.customParameters (repeatable)",
-    )
+    _param_argument(signalwire, "a <Parameter> for start.customParameters (repeatable)")
     signalwire.set_defaults(**{RUNNER: run_signalwire})
 
     exotel = providers.add_parser(
@@ -166,14 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send Authorization: Basic on the upgrade, as Exotel does for wss://user:password@… URLs"
         " (default: $EXOTEL_BASIC_AUTH)",
     )
-    exotel.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="a custom parameter for start.custom_parameters (repeatable; Exotel allows 3)",
-    )
+    _param_argument(exotel, "a custom parameter for start.custom_parameters (repeatable; Exotel allows 3)")
     exotel.set_defaults(**{RUNNER: run_exotel})
 
     telnyx = providers.add_parser(
@@ -205,14 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send x-telnyx-streaming-auth-token: T on the upgrade, as Telnyx does for a stream_auth_token"
         " (default: $TELNYX_STREAM_AUTH_TOKEN)",
     )
-    telnyx.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="a <Parameter> for start.custom_parameters (repeatable)",
-    )
+    _param_argument(telnyx, "a <Parameter> for start.custom_parameters (repeatable)")
     telnyx.set_defaults(**{RUNNER: run_telnyx})
 
 
@@ -363,8 +339,8 @@ def _run_plivo_family(
         return failed if failed is not None else 1
     print(summary_vobiz(connections, results))
     for result in results:
-        if not result.completed or result.close_code not in (1000, 1001):
-            return _fail(prog, f"replay did not finish cleanly: {_how_closed(result)}", 1)
+        if code := _finished_cleanly(prog, result):
+            return code
     return 0
 
 

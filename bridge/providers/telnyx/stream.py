@@ -26,7 +26,6 @@ from bridge.providers.events import (
     Connected,
     Dtmf,
     Mark,
-    Media,
     MediaFormat,
     ProtocolError,
     StreamEvent,
@@ -47,13 +46,7 @@ def parse(text: str | bytes) -> StreamEvent:
     """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
     msg, event = envelope.load(text)
     if event == "media":
-        body = envelope.nested(msg, "media")
-        return Media(
-            track=_track(body.get("track")),
-            payload=envelope.payload(body),
-            timestamp_ms=envelope.optional_int(body.get("timestamp")),
-            chunk=envelope.optional_int(body.get("chunk")),
-        )
+        return envelope.media(msg)
     if event == "start":
         return _start(msg)
     if event == "connected":
@@ -66,12 +59,6 @@ def parse(text: str | bytes) -> StreamEvent:
     if event == "mark":
         return Mark(str(envelope.nested(msg, "mark").get("name", ""))[:MAX_LABEL_CHARS])
     return Unknown(event[:MAX_LABEL_CHARS])  # "error" among them: counted and logged by name
-
-
-def _track(value: Any) -> str:
-    if isinstance(value, str) and value:
-        return value.removesuffix("_track")  # "inbound_track", as TeXML's attribute spells it
-    return "inbound"
 
 
 def media_format(fmt: Any) -> MediaFormat:
@@ -100,7 +87,7 @@ def _start(msg: dict[str, Any]) -> StreamStart:
         call_id=call_id,
         stream_id=stream_id,
         account_id=user if isinstance(user, str) else "",
-        tracks=tuple(_track(t) for t in listed) or ("inbound",),
+        tracks=tuple(envelope.track_name(t) for t in listed) or ("inbound",),
         media_format=media_format(body.get("media_format")),
         custom_parameters={str(k): v if isinstance(v, str) else str(v) for k, v in items},
     )

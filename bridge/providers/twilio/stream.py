@@ -17,7 +17,6 @@ from bridge.providers.events import (
     Connected,
     Dtmf,
     Mark,
-    Media,
     MediaFormat,
     ProtocolError,
     StreamEvent,
@@ -35,7 +34,7 @@ def parse(text: str | bytes) -> StreamEvent:
     """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
     msg, event = envelope.load(text)
     if event == "media":
-        return _media(msg)
+        return envelope.media(msg)
     if event == "start":
         return _start(msg)
     if event == "connected":
@@ -48,16 +47,6 @@ def parse(text: str | bytes) -> StreamEvent:
         body = envelope.nested(msg, "dtmf")
         return Dtmf(str(body.get("track", "")), str(body.get("digit", "")))
     return Unknown(event[:40])
-
-
-def _media(msg: dict[str, Any]) -> Media:
-    body = envelope.nested(msg, "media")
-    return Media(
-        track=str(body.get("track") or "inbound"),
-        payload=envelope.payload(body),
-        timestamp_ms=envelope.optional_int(body.get("timestamp")),
-        chunk=envelope.optional_int(body.get("chunk")),
-    )
 
 
 def _start(msg: dict[str, Any]) -> StreamStart:

@@ -21,7 +21,6 @@ from bridge.providers import envelope
 from bridge.providers.events import (
     MAX_LISTED_TRACKS,
     Dtmf,
-    Media,
     MediaFormat,
     ProtocolError,
     StreamEvent,
@@ -45,7 +44,7 @@ def parse(text: str | bytes) -> StreamEvent:
     """Turn one WebSocket text message into a neutral event, or raise ProtocolError."""
     msg, event = envelope.load(text)
     if event == "media":
-        return _media(msg)
+        return envelope.media(msg)
     if event == "start":
         return _start(msg)
     if event == "dtmf":  # not documented for Vobiz; Plivo nests it as dtmf.digit
@@ -98,16 +97,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
-
-
-def _media(msg: dict[str, Any]) -> Media:
-    body = envelope.nested(msg, "media")
-    return Media(
-        track=str(body.get("track") or "inbound"),
-        payload=envelope.payload(body),
-        timestamp_ms=envelope.optional_int(body.get("timestamp")),  # epoch ms: the mixer's origin is the first
-        chunk=envelope.optional_int(body.get("chunk")),
-    )
 
 
 def _start(msg: dict[str, Any]) -> StreamStart:
