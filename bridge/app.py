@@ -14,7 +14,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bridge.after_call.call_records import CallRecords
@@ -28,6 +28,10 @@ from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
+from bridge.fleet import relay
+from bridge.fleet.events import FleetEvents
+from bridge.fleet.membership import Membership
+from bridge.fleet.relay import RelayToOwner
 from bridge.live.call import Call, CallSettings
 from bridge.live.limits import LIMIT_REACHED, NO_START, StreamLimits
 from bridge.live.registry import CallRegistry
@@ -74,6 +78,8 @@ class Bridge:
             open_store(database_url=settings.database_url, sqlite_path=settings.ledger_path),
             boot_id=secrets.token_hex(8),
             keep_results=bool(settings.result_webhook_url),
+            lease_ttl_s=settings.lease_ttl_s,
+            internal_url=settings.internal_url,
         )
         self.draining = False
         #: Refused requests and malformed messages by ``endpoint:reason`` (for metrics).
@@ -97,6 +103,13 @@ class Bridge:
             if settings.eka_webhook_signing_key
             else None
         )
+        background = self.log.bind(call_sid=None, stream_sid=None, session_id=None)
+        self.membership = Membership(
+            self.ledger, metrics=self.metrics, log=background, on_member_lost=self._member_lost
+        )
+        self.fleet = FleetEvents(settings.database_url, self.ledger.boot_id, log=background)
+        self.fleet.on("end_call", self._fleet_end_call)
+        self.fleet.on("eka_result", self._fleet_eka_result)
         self.call_settings = CallSettings.of(settings)
         self.providers = build_providers(settings, log=self.log, rejections=self.rejections, end_call=self.end_call)
         self._admitting = 0  # streams past the capacity check but not yet in self.calls
@@ -113,6 +126,8 @@ class Bridge:
                 Route("/metrics", self.metrics_endpoint),
                 Route("/calls", self.records.recent),
                 Route("/calls/{call_sid}", self.records.one),
+                Route("/fleet", self.records.fleet),
+                WebSocketRoute(relay.PATH, self._relayed_stream),
                 *(
                     [Route(EKA_WEBHOOK_PATH, self.eka_webhook.receive, methods=["POST"])]
                     if self.eka_webhook is not None
@@ -129,6 +144,9 @@ class Bridge:
         s = self.settings
         await self.ledger.open()
         workers = [
+            asyncio.create_task(self.membership.run(), name="lease"),
+            asyncio.create_task(self.metrics.watch_loop_lag(), name="loop-lag"),
+            asyncio.create_task(self.fleet.run(), name="fleet-events"),
             asyncio.create_task(self.sweeper.run(), name="sweeper"),
             asyncio.create_task(self.results.run(), name="results"),
         ]
@@ -139,6 +157,8 @@ class Bridge:
             eka_base_url=s.eka_base_url,
             development=s.development,
             ledger=self.ledger.where,
+            process=self.ledger.boot_id,
+            internal_url=self.ledger.internal_url,
             result_delivery=bool(self.delivery),
             eka_webhook=bool(s.eka_webhook_signing_key),
             calls_api=bool(s.api_key),
@@ -190,8 +210,10 @@ class Bridge:
             self.eka,
             # An orphan's socket died with its process; the server flushed it on disconnect,
             # without a signal: never End it before the settle time has passed.
-            grace_s=max(s.sweep_grace_s, s.flush_settle_s),
+            grace_s=s.sweep_grace_s,
+            settle_s=s.flush_settle_s,
             interval_s=s.sweep_interval_s,
+            metrics=self.metrics,
             log=background,
         )
         self.delivery: ResultDelivery | None = None  # only with a result webhook configured
@@ -282,8 +304,31 @@ class Bridge:
         return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def _eka_notified(self, session_id: str) -> bool:
-        """Eka's webhook says a session is processed: the result poller fetches it now."""
+        """Eka's webhook says a session is processed: the process following it fetches it now,
+        this one or another of the fleet."""
+        follower = await self.ledger.result_follower(session_id)
+        if follower is not None and follower != self.ledger.boot_id:
+            await self.fleet.publish("eka_result", session_id=session_id)
+            return True
         return await self.results.notified(session_id)
+
+    async def _fleet_eka_result(self, event: dict[str, Any]) -> None:
+        session_id = str(event.get("session_id", ""))[:128]
+        if await self.ledger.result_follower(session_id) == self.ledger.boot_id:
+            await self.results.notified(session_id)
+
+    async def _fleet_end_call(self, event: dict[str, Any]) -> None:
+        provider, call_id = str(event.get("provider", "")), str(event.get("call_id", ""))[:64]
+        if await self._end_local_call(provider, call_id, str(event.get("reason", "hangup"))[:40]):
+            self.log.info("fleet_end_call", provider=provider, call_sid=call_id, stream_sid=None, session_id=None)
+
+    def _member_lost(self) -> None:
+        """A process of the fleet died: its result polls and deliveries move now, its sessions
+        once the settle time has passed (the sweeper's claim waits for it)."""
+        self.results.wake()
+        if self.delivery is not None:
+            self.delivery.wake()
+        asyncio.get_running_loop().call_later(self.settings.flush_settle_s + 0.1, self.sweeper.wake)
 
     def provider(self, name: str) -> Provider:
         return next(p for p in self.providers if p.name == name)
@@ -294,16 +339,19 @@ class Bridge:
 
         return serve
 
-    async def _serve_stream(self, websocket: WebSocket, provider: Provider) -> None:
+    async def _serve_stream(self, websocket: WebSocket, provider: Provider, *, relayed: bool = False) -> None:
         """One provider media stream: read it to its end, whatever EkaScribe does meanwhile.
 
         A stream whose ``start`` names a call waiting out its reconnect grace period
-        (Vobiz: new streamId, same callId) joins that call instead of starting one.
+        (Vobiz: new streamId, same callId) joins that call instead of starting one; one whose
+        call another process of the fleet carries is relayed there. ``relayed``: a stream
+        another process relays here (its provider's check was made there).
         """
         try:  # draining, signature/token, capacity: an HTTP status before accept, no Eka call
-            if self.draining:
+            if self.draining and not relayed:
                 raise Refused(503, "draining")
-            provider.check_upgrade(websocket)
+            if not relayed:
+                provider.check_upgrade(websocket)
             if len(self.calls.active) + self._admitting >= self.settings.max_calls:
                 raise Refused(503, "too_many_calls")
         except Refused as refused:
@@ -362,7 +410,14 @@ class Bridge:
                     call.protocol_error(ProtocolError("binary_frame"))
                     continue
                 frames = call.media_frames
-                call = await self._handle(call, text, provider, websocket)
+                handled = await self._handle(call, text, provider, websocket)
+                if isinstance(handled, RelayToOwner):
+                    if await self._relay(websocket, handled, provider, call):
+                        reason = "relayed"
+                        break
+                    self._apply(call, handled.start)  # the owner is unreachable: the call carries on here
+                else:
+                    call = handled
                 if call.media_frames != frames:
                     limits.media_seen()
                 if call.refused is not None:  # an unsupported format, or a call already live
@@ -387,7 +442,9 @@ class Bridge:
                 inline["register"](None)
             limits.close()
             reason = call.end_request or reason
-            if call.start is not None and call in self.calls.active and not self.calls.owns(call, websocket):
+            if reason == "relayed":
+                pass  # the owner carried the call; this socket's placeholder is forgotten
+            elif call.start is not None and call in self.calls.active and not self.calls.owns(call, websocket):
                 call.log.info("stream_superseded")  # a newer socket carries the call on
             elif reason == "socket_closed" and provider.reconnect_grace_s > 0 and call.start is not None:
                 # No end signal on this provider: the call may come back on a new socket.
@@ -396,6 +453,26 @@ class Bridge:
             else:
                 # Shielded: if this handler is cancelled, the call still finalizes in the background.
                 await asyncio.shield(self._finish(call, reason))
+
+    async def _relayed_stream(self, websocket: WebSocket) -> None:
+        """A stream another process of the fleet relays here, because this one owns its call."""
+        provider = next((p for p in self.providers if p.name == websocket.path_params["provider"]), None)
+        if provider is None or not relay.authentic(websocket, self.ledger.relay_token):
+            self.rejections["fleet_relay:unauthorized"] += 1
+            await refuse(websocket, 403, "unauthorized")
+            return
+        await self._serve_stream(websocket, provider, relayed=True)
+
+    async def _relay(self, websocket: WebSocket, target: RelayToOwner, provider: Provider, call: Call) -> bool:
+        """Pipe this stream to the process that owns its call; False if it cannot be reached."""
+        await self.calls.forget(call)  # this socket's placeholder never started a call here
+        call.log.info("stream_relayed_to_owner", call_sid=target.start.call_id, owner=target.owner_url)
+        self.metrics.fleet_relays.inc()
+        if await relay.pipe(websocket, target, provider.name, self.ledger.relay_token, self.settings.ws_max_bytes):
+            return True
+        call.log.warning("fleet_owner_unreachable", call_sid=target.start.call_id, owner=target.owner_url)
+        await self.calls.add(call, websocket)
+        return False
 
     def _new_call(self, provider: Provider) -> Call:
         return Call(
@@ -409,8 +486,9 @@ class Bridge:
             metrics=self.metrics,
         )
 
-    async def _handle(self, call: Call, text: str, provider: Provider, websocket: WebSocket) -> Call:
-        """Apply one message; returns the call this socket feeds from now on."""
+    async def _handle(self, call: Call, text: str, provider: Provider, websocket: WebSocket) -> Call | RelayToOwner:
+        """Apply one message; returns the call this socket feeds from now on, or where to relay
+        the stream (its call lives in another process)."""
         try:
             event = provider.parse(text)
         except ProtocolError as error:
@@ -436,6 +514,9 @@ class Bridge:
             if waiting is not None:  # live on another socket: a second stream never opens a second session
                 call.refused = "duplicate_call"
                 return call
+            owner = await self.ledger.owner_of_call(provider.name, event.call_id)
+            if owner is not None:  # another process of the fleet carries this call
+                return RelayToOwner(owner, event, text)
         self._apply(call, event)
         return call
 
@@ -453,7 +534,16 @@ class Bridge:
         self._spawn(self._finish(call, "socket_closed"))
 
     async def end_call(self, provider: str, call_id: str, reason: str) -> bool:
-        """End a call now (a hang-up webhook): attached or waiting to reconnect."""
+        """End a call now (a hang-up webhook), wherever in the fleet it runs."""
+        if await self._end_local_call(provider, call_id, reason):
+            return True
+        if await self.ledger.owner_of_call(provider, call_id) is None:
+            return False
+        await self.fleet.publish("end_call", provider=provider, call_id=call_id, reason=reason)
+        return True
+
+    async def _end_local_call(self, provider: str, call_id: str, reason: str) -> bool:
+        """End a call this process carries: attached or waiting to reconnect."""
         call = self.calls.find(provider, call_id)
         if call is None or call.finished:
             return False

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -21,6 +25,8 @@ from bridge.config import ConfigError, Settings, stream_url
 from bridge.logging import configure
 
 DEV_EMULATOR_TOKEN = "dev-emulator-token"
+#: Before a worker that died on its own is started again.
+RESTART_DELAY_S = 1.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="development mode: readable logs; without Eka credentials, a local EkaScribe emulator",
     )
     serve.add_argument("--emulator-port", type=int, default=None, help="dev emulator port (default: port+1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run N bridge processes on one port, sharing the ledger (needs BRIDGE_DATABASE_URL); one drain on SIGTERM",
+    )
+    serve.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker: the shared socket
     serve.add_argument(
         "--forwarded-allow-ips",
         default=None,
@@ -66,6 +79,14 @@ def serve_command(args: argparse.Namespace) -> int:
             print(f"bridge: configuration error: {problem}", file=sys.stderr)
         return 2
     configure(settings.log_format)
+    if args.workers > 1:
+        if not settings.database_url:
+            print("bridge: configuration error: --workers needs BRIDGE_DATABASE_URL (a shared ledger)", file=sys.stderr)
+            return 2
+        if settings.development and not settings.has_eka_credentials:
+            print("bridge: configuration error: --workers needs Eka credentials (no dev emulator)", file=sys.stderr)
+            return 2
+        return Supervisor(args, settings).run()
     if settings.development and not settings.has_eka_credentials:
         emulator_port = args.emulator_port or args.port + 1
         base_url = _start_dev_emulator(args.host, emulator_port)
@@ -82,6 +103,14 @@ def serve_command(args: argparse.Namespace) -> int:
     from bridge.app import Bridge
     from bridge.server.inline_ws import InlineTextProtocol
 
+    sockets = None
+    if args.fd is not None:  # a worker of `--workers`: the shared port, and one of its own
+        internal = _bind(internal_host(settings.internal_url, args.host), 0)
+        internal_url = "http://{}:{}".format(*internal.getsockname()[:2])
+        sockets = [socket.socket(fileno=args.fd), internal]
+    else:
+        internal_url = settings.internal_url or f"http://{internal_host(None, args.host)}:{args.port}"
+    settings = replace(settings, internal_url=internal_url)
     bridge = Bridge(settings)
     config = uvicorn.Config(
         bridge.app,
@@ -95,8 +124,83 @@ def serve_command(args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,  # None: uvicorn reads $FORWARDED_ALLOW_IPS
     )
-    DrainingServer(config, bridge).run()
+    DrainingServer(config, bridge).run(sockets=sockets)
     return 0
+
+
+def internal_host(internal_url: str | None, host: str) -> str:
+    """The host other processes reach this one at: BRIDGE_INTERNAL_URL's, else ``--host``
+    (loopback when it is a wildcard)."""
+    if internal_url:
+        return urlsplit(internal_url).hostname or "127.0.0.1"
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY applies
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+class Supervisor:
+    """``bridge serve --workers N``: N bridge processes accepting on one listening socket (the
+    kernel spreads connections), sharing the ledger. A signal is passed to every worker, so one
+    SIGTERM drains them all; a worker that dies on its own is started again."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
+        self.args = args
+        self.settings = settings
+        self.stopping = False
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def run(self) -> int:
+        sock = _bind(self.args.host, self.args.port)
+        sock.set_inheritable(True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.workers = [self._start(sock) for _ in range(self.args.workers)]
+        print(
+            f"bridge: {self.args.workers} workers on {self.args.host}:{self.args.port}"
+            f" (pids {' '.join(str(w.pid) for w in self.workers)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        codes: list[int] = []
+        while self.workers:
+            pid, status = os.wait()
+            worker = next((w for w in self.workers if w.pid == pid), None)
+            if worker is None:
+                continue
+            self.workers.remove(worker)
+            code = os.waitstatus_to_exitcode(status)
+            worker.returncode = code
+            if self.stopping:
+                codes.append(code)
+            else:  # a crash: its calls' sessions are ended by the fleet once its lease runs out
+                print(f"bridge: worker {pid} exited ({code}); starting another", file=sys.stderr, flush=True)
+                time.sleep(RESTART_DELAY_S)
+                self.workers.append(self._start(sock))
+        sock.close()
+        return max((abs(c) for c in codes), default=0)
+
+    def _start(self, sock: socket.socket) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "bridge", "serve", "--host", self.args.host, "--port", str(self.args.port)]
+        command += ["--fd", str(sock.fileno())]
+        if self.args.forwarded_allow_ips:
+            command += ["--forwarded-allow-ips", self.args.forwarded_allow_ips]
+        if self.args.dev:
+            command.append("--dev")
+        # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
+        # it on once (two would skip the drain).
+        return subprocess.Popen(command, pass_fds=(sock.fileno(),), process_group=0)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for worker in self.workers:
+            if worker.returncode is None:
+                worker.send_signal(sig)
 
 
 class DrainingServer(uvicorn.Server):

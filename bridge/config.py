@@ -64,6 +64,8 @@ class Settings:
     max_session_parts: int = 10
     ledger_path: str = "bridge-ledger.db"
     database_url: str | None = None
+    lease_ttl_s: float = 15.0
+    internal_url: str | None = None
     drain_s: float = 3600.0
     sweep_grace_s: float = 10.0
     sweep_interval_s: float = 60.0
@@ -151,6 +153,8 @@ class Settings:
             max_session_parts=int(r.number("BRIDGE_MAX_SESSION_PARTS", 10, 1, 100)),
             ledger_path=r.text("BRIDGE_LEDGER_PATH") or "bridge-ledger.db",
             database_url=r.database_url("BRIDGE_DATABASE_URL"),
+            lease_ttl_s=r.number("BRIDGE_LEASE_TTL_S", 15.0, 1, 600),
+            internal_url=r.url("BRIDGE_INTERNAL_URL", None, ("http",)),
             drain_s=r.number("BRIDGE_DRAIN_S", 3600.0, 0, 86400),
             sweep_grace_s=r.number("BRIDGE_SWEEP_GRACE_S", 10.0, 0, 3600),
             sweep_interval_s=r.number("BRIDGE_SWEEP_INTERVAL_S", 60.0, 0.1, 86400),

@@ -7,6 +7,7 @@ outcome, Eka operation, HTTP status): never a call or session id, never anything
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,8 @@ END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 #: Audio waiting in the bridge before it goes upstream: ~one batch normally, seconds when stalled.
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: How late the event loop runs a timer: a millisecond when idle, tens of ms when saturated.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -133,6 +136,36 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "bridge_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 250 ms): every call's audio waits this long.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self.ends_pending = Gauge(
+            "bridge_sessions_end_pending",
+            "Sessions waiting for an End (retry budget ran out, or left by a dead process), at the last sweep.",
+            registry=r,
+        )
+        self.fleet_members = Gauge(
+            "bridge_fleet_members", "Bridge processes with a live lease in the shared ledger.", registry=r
+        )
+        self.adopted = Counter(
+            "bridge_fleet_adopted",
+            "Work taken over from a process whose lease expired, by kind (session, result, delivery).",
+            ["kind"],
+            registry=r,
+        )
+        self.fleet_relays = Counter(
+            "bridge_fleet_relayed_streams",
+            "Telephony streams relayed to the process that owns their call (a reconnect that landed elsewhere).",
+            registry=r,
+        )
+        # Children that exist from the start: an alert's increase() sees a series' first event.
+        for kind in ("session", "result", "delivery"):
+            self.adopted.labels(kind)
+        for outcome in ("delivered", "retried", "given_up"):
+            self.deliveries.labels(outcome)
         r.register(RejectionsCollector(rejections))
         ProcessCollector(registry=r)  # process_* (CPU, memory, open files) of this process
 
@@ -192,3 +225,12 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def watch_loop_lag(self, interval_s: float = 0.25) -> None:
+        """Sleep ``interval_s`` over and over; how much later than asked each wake-up comes is
+        the event loop's lag (every call's audio waits that long too)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            self.loop_lag.observe(max(0.0, loop.time() - asked))

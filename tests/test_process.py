@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -18,97 +13,13 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from bridge.audio.resample import HALF_SPAN
-from bridge.emulator import Emulator, EmulatorOptions
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
-from tests import postgres
-from tests.harness import CLIENT_ID, CLIENT_SECRET, assert_processed_whole
+from tests.harness import assert_processed_whole
 from tests.live.test_call import received_pcm, ulaw_call
 from tests.live.test_failures import expected_stream
-from tests.servers import serve
+from tests.processes import TWILIO_TOKEN, BridgeProcess, a_ledger, audio_arrived, emulator_running
 
 pytestmark = pytest.mark.anyio
-TWILIO_TOKEN = "twilio-test-token"
-
-
-def a_ledger(tmp_path: Path) -> str:
-    """Where a test's bridge processes keep their ledger: a fresh PostgreSQL database when the
-    suite runs on it, else a SQLite file."""
-    return postgres.database_url() or str(tmp_path / "ledger.db")
-
-
-class BridgeProcess:
-    """`python -m bridge serve` on a free loopback port; its output is read line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.lines: list[str] = []
-        self._seen = asyncio.Condition()
-        self._readers = [asyncio.create_task(self._read(s)) for s in (proc.stdout, proc.stderr) if s]
-
-    @property
-    def stream_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio/stream"
-
-    @classmethod
-    async def start(cls, eka_url: str, ledger: str, **env: str) -> BridgeProcess:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        environment = {
-            "PATH": os.environ.get("PATH", ""),
-            "EKA_API_BASE_URL": eka_url,
-            "EKA_CLIENT_ID": CLIENT_ID,
-            "EKA_CLIENT_SECRET": CLIENT_SECRET,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            **({"BRIDGE_DATABASE_URL": ledger} if ledger.startswith("postgresql") else {"BRIDGE_LEDGER_PATH": ledger}),
-            "BRIDGE_LOG_FORMAT": "json",
-            "EKA_BACKOFF_BASE_S": "0.02",
-            **env,
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port),
-            env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        bridge = cls(proc, port)
-        await bridge.wait_for_line(lambda line: "bridge: listening on" in line, 20)
-        return bridge
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            async with self._seen:
-                self.lines.append(line.decode(errors="replace"))
-                self._seen.notify_all()
-
-    async def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
-        async with asyncio.timeout(timeout):
-            async with self._seen:
-                await self._seen.wait_for(lambda: any(predicate(line) for line in self.lines))
-        return next(line for line in self.lines if predicate(line))
-
-    async def exit_code(self, timeout: float) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self._readers)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-@asynccontextmanager
-async def emulator_running(tmp_path: Path) -> AsyncIterator[tuple[Emulator, str]]:
-    emulator = Emulator(
-        EmulatorOptions(
-            audio_dir=tmp_path / "eka-audio", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, processing_s=0
-        )
-    )
-    async with serve(emulator.app) as url:
-        yield emulator, url
-
-
-def audio_arrived(emulator: Emulator, seconds: float) -> Callable[[], bool]:
-    return lambda: any(len(s.audio) >= seconds * 32000 for s in emulator.sessions.values())
 
 
 async def test_sigterm_mid_call_drains_then_finalizes_before_exit(tmp_path: Path) -> None:
@@ -179,13 +90,13 @@ async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path:
     audio = ulaw_call(20.0)
     ledger = a_ledger(tmp_path)
     async with emulator_running(tmp_path) as (emulator, eka_url):
-        first = await BridgeProcess.start(eka_url, ledger)
+        first = await BridgeProcess.start(eka_url, ledger, BRIDGE_LEASE_TTL_S="2")
         try:
             calling = asyncio.create_task(
                 replay(first.stream_url, plan_messages(TwilioCall(), audio), pace=1.0, auth_token=TWILIO_TOKEN)
             )
             await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
-            first.proc.kill()  # a crash: no finally, no End Session
+            first.proc.kill()  # a crash: no finally, no End Session; its lease runs out in 2 s
             await first.exit_code(10)
             await asyncio.gather(calling, return_exceptions=True)
         finally:
@@ -193,7 +104,8 @@ async def test_sigkill_mid_call_then_restart_ends_the_orphaned_session(tmp_path:
         (session,) = emulator.sessions.values()
         assert session.ended_at is None and session.end_calls == 0  # left open by the crash
 
-        # The sweeper waits at least the settle time: the server flushed the dead socket silently.
+        # The sweeper waits for the dead process's lease to expire, and then the settle time: the
+        # server flushed the dead socket silently.
         second = await BridgeProcess.start(eka_url, ledger, BRIDGE_SWEEP_GRACE_S="0.2", BRIDGE_FLUSH_SETTLE_S="1.5")
         try:
             await emulator.wait_for(lambda: session.ended_at is not None, 15)

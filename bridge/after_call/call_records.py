@@ -1,5 +1,6 @@
 """``GET /calls/{call_sid}`` and ``GET /calls?since=…``: what the ledger knows of calls, for
-operators and the clinic's systems, behind ``BRIDGE_API_KEY``.
+operators and the clinic's systems, behind ``BRIDGE_API_KEY``. The ledger is the fleet's, so
+any process answers for every call; ``GET /fleet`` lists the processes and their leases.
 
 A record holds ids, timings and statuses, never a transcript or a template. Without
 ``BRIDGE_API_KEY`` the endpoints answer 404, as if they did not exist: no key, no API.
@@ -87,6 +88,7 @@ def record(row: dict[str, Any], *, deliveries: bool) -> dict[str, Any]:
     return {
         "call_sid": row["call_sid"],
         "provider": row["provider"],
+        "process": row["boot_id"],  # the bridge process that carried it (see GET /fleet)
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         **{name: fields.get(name) for name in SUMMARY_FIELDS},
@@ -132,6 +134,23 @@ class CallRecords:
         rows = await self._ledger.call_records(since=since, limit=limit)
         next_since = rows[-1]["started_at"] + 1e-6 if len(rows) == limit else None
         return JSONResponse({"calls": [record(r, deliveries=self._deliveries) for r in rows], "next_since": next_since})
+
+    async def fleet(self, request: Request) -> Response:
+        """The processes sharing this ledger: live (lease not expired) or lately dead."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        members = [
+            {
+                "process": m["boot_id"],
+                "internal_url": m["internal_url"],
+                "started_at": iso(m["started_at"]),
+                "lease_until": iso(m["lease_until"]),
+                "live": m["live"],
+                "this_process": m["self"],
+            }
+            for m in await self._ledger.members()
+        ]
+        return JSONResponse({"members": members, "live": sum(1 for m in members if m["live"])})
 
     def _refused(self, request: Request) -> Response | None:
         """None when the request carries the key; else the answer (404 when there is no API)."""

@@ -108,6 +108,10 @@ class ResultDelivery:
             pause = IDLE_S
             try:
                 due = await self.ledger.due_deliveries(time.time(), BATCH)
+                for job in due:
+                    if job.adopted:
+                        self.metrics.adopted.labels("delivery").inc()
+                        self.log.info("result_delivery_adopted", call_sid=job.call_sid, delivery_id=job.delivery_id)
                 if due:
                     await asyncio.gather(*(self.attempt(job) for job in due))
                     continue

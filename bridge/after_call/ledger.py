@@ -65,7 +65,8 @@ CREATE INDEX IF NOT EXISTS calls_started ON calls (started_at);
 CREATE TABLE IF NOT EXISTS result_queue (   -- ended sessions waiting for their result
     session_id TEXT PRIMARY KEY,
     call_sid   TEXT NOT NULL,
-    ended_at   {real} NOT NULL
+    ended_at   {real} NOT NULL,
+    owner      TEXT                     -- the process following it (boot_id)
 );
 CREATE TABLE IF NOT EXISTS results (
     session_id  TEXT PRIMARY KEY,
@@ -87,10 +88,25 @@ CREATE TABLE IF NOT EXISTS deliveries (     -- the result webhook's outbox: one 
     next_at      {real} NOT NULL,
     created_at   {real} NOT NULL,
     delivered_at {real},
-    last_error   TEXT
+    last_error   TEXT,
+    owner        TEXT                   -- the process making it (boot_id)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
+CREATE TABLE IF NOT EXISTS members (        -- the fleet: processes sharing this ledger, and their leases
+    boot_id      TEXT PRIMARY KEY,
+    internal_url TEXT,                  -- where the others reach it (BRIDGE_INTERNAL_URL)
+    started_at   {real} NOT NULL,
+    lease_until  {real} NOT NULL        -- renewed every third of BRIDGE_LEASE_TTL_S; past it, dead
+);
+CREATE TABLE IF NOT EXISTS fleet (          -- facts shared by the fleet (the relay token)
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+#: Columns added since a ledger was first created: (table, column, type), added at start-up.
+MIGRATIONS = (("result_queue", "owner", "TEXT"), ("deliveries", "owner", "TEXT"))
+#: The processes whose lease is live at a given time (one ``?``).
+LIVE_MEMBERS = "SELECT boot_id FROM members WHERE lease_until > ?"
 #: Session columns a call record shows (never the payloads).
 RECORD_SESSION_COLUMNS = (
     "s.session_id, s.part, s.state, s.end_status, s.created_at, s.ended_at, "
@@ -137,6 +153,8 @@ class Store(ABC):
 
     #: Where it lives, safe to log (no password).
     where: str
+    #: Appended to a SELECT that claims rows: other processes skip what one is claiming.
+    skip_locked: str = ""
 
     @abstractmethod
     async def open(self) -> None:
@@ -174,6 +192,9 @@ class SqliteStore(Store):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA_TEMPLATE.format(real="REAL"))
+        for table, column, kind in MIGRATIONS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db = db
 
     def _close(self) -> None:
@@ -199,6 +220,8 @@ class PostgresStore(Store):
     """PostgreSQL for a fleet: a psycopg connection pool, worked on a few threads (one per
     pooled connection), so several statements of different calls may run at once."""
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -222,6 +245,8 @@ class PostgresStore(Store):
                 # Two processes starting together must not both create the schema.
                 conn.execute("SELECT pg_advisory_xact_lock(78151)")
                 conn.execute(SCHEMA_TEMPLATE.format(real="DOUBLE PRECISION"))
+                for table, column, kind in MIGRATIONS:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
             self._pool = pool
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
@@ -277,6 +302,7 @@ class AwaitingResult:
     session_id: str
     call_sid: str
     ended_at: float  # wall clock (time.time()): the result deadline counts from here
+    adopted: bool = False  # taken over from a process whose lease expired
 
 
 @dataclass(frozen=True)
@@ -301,16 +327,36 @@ class DueDelivery:
     created_at: float
     call: dict[str, Any]  # the calls row
     sessions: list[dict[str, Any]]  # in part order: session and result columns, transcript included
+    adopted: bool = False  # taken over from a process whose lease expired
 
 
 class Ledger:
-    """The bridge's durable record; ``store`` says where it lives (``open_store``)."""
+    """The bridge's durable record; ``store`` says where it lives (``open_store``).
 
-    def __init__(self, store: Store, boot_id: str, *, keep_results: bool = False) -> None:
+    It is also the fleet's membership: every process sharing the ledger holds a lease
+    (``members``) it renews; work a process owns (its calls' sessions, their result polls,
+    their deliveries) is taken over by another only once that lease has expired, and each
+    claim is a row-locked compare-and-set (``SKIP LOCKED`` on PostgreSQL; SQLite's writes
+    are serial), so exactly one process acts on each row.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        boot_id: str,
+        *,
+        keep_results: bool = False,
+        lease_ttl_s: float = 15.0,
+        internal_url: str | None = None,
+    ) -> None:
         self._store = store
         self.boot_id = boot_id
         #: Keep transcripts and templates, and create deliveries (RESULT_WEBHOOK_URL is set).
         self.keep_results = keep_results
+        self.lease_ttl_s = lease_ttl_s
+        self.internal_url = internal_url
+        #: The fleet's shared secret for relayed streams (read from the ledger at ``open``).
+        self.relay_token = ""
 
     @property
     def where(self) -> str:
@@ -318,10 +364,78 @@ class Ledger:
         return self._store.where
 
     async def open(self) -> None:
+        """Open the store, join the fleet (take a lease) and read the fleet's relay token."""
         await self._store.open()
 
+        def join(db: Connection) -> str:
+            now = time.time()
+            db.execute(
+                "INSERT INTO members (boot_id, internal_url, started_at, lease_until) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (boot_id) DO UPDATE SET lease_until = excluded.lease_until",
+                (self.boot_id, self.internal_url, now, now + self.lease_ttl_s),
+            )
+            db.execute(
+                "INSERT INTO fleet (name, value) VALUES ('relay_token', ?) ON CONFLICT DO NOTHING",
+                (secrets.token_urlsafe(32),),
+            )
+            token: str = db.execute("SELECT value FROM fleet WHERE name = 'relay_token'").fetchone()[0]
+            return token
+
+        self.relay_token = await self._store.run(join)
+
     async def close(self) -> None:
-        await self._store.close()
+        """Leave the fleet (what this process still owns is taken over at once), close the store."""
+        try:
+            await self._write("DELETE FROM members WHERE boot_id = ?", (self.boot_id,))
+        finally:
+            await self._store.close()
+
+    # -- the fleet ------------------------------------------------------------------------
+
+    async def renew_lease(self) -> set[str]:
+        """Extend this process's lease; returns the boot ids of every live process (this one too).
+        Members dead for a day are forgotten."""
+
+        def renew(db: Connection) -> set[str]:
+            now = time.time()
+            updated = db.execute(
+                "UPDATE members SET lease_until = ? WHERE boot_id = ?", (now + self.lease_ttl_s, self.boot_id)
+            ).rowcount
+            if not updated:  # forgotten (dead too long, or the table was reset): join again
+                db.execute(
+                    "INSERT INTO members (boot_id, internal_url, started_at, lease_until) VALUES (?, ?, ?, ?)",
+                    (self.boot_id, self.internal_url, now, now + self.lease_ttl_s),
+                )
+            db.execute("DELETE FROM members WHERE lease_until < ?", (now - 86400,))
+            return {row[0] for row in db.execute(LIVE_MEMBERS, (now,)).fetchall()}
+
+        return await self._store.run(renew)
+
+    async def members(self) -> list[dict[str, Any]]:
+        """Every process in the fleet, live or lately dead, with its lease."""
+        rows = await self._rows(
+            "SELECT boot_id, internal_url, started_at, lease_until FROM members ORDER BY started_at", ()
+        )
+        now = time.time()
+        return [{**row, "live": row["lease_until"] > now, "self": row["boot_id"] == self.boot_id} for row in rows]
+
+    async def result_follower(self, session_id: str) -> str | None:
+        """The live process following this session's result (its ``result_queue`` owner), if any."""
+        rows = await self._rows(
+            f"SELECT owner FROM result_queue WHERE session_id = ? AND owner IN ({LIVE_MEMBERS})",
+            (session_id, time.time()),
+        )
+        return rows[0]["owner"] if rows else None
+
+    async def owner_of_call(self, provider: str, call_sid: str) -> str | None:
+        """The internal URL of another live process carrying this call, if one is."""
+        rows = await self._rows(
+            "SELECT m.internal_url FROM calls c JOIN members m ON m.boot_id = c.boot_id"
+            " WHERE c.call_sid = ? AND c.provider = ? AND c.finished_at IS NULL AND c.boot_id != ?"
+            " AND m.lease_until > ? AND m.internal_url IS NOT NULL",
+            (call_sid, provider, self.boot_id, time.time()),
+        )
+        return rows[0]["internal_url"] if rows else None
 
     # -- writes -------------------------------------------------------------------------
 
@@ -352,6 +466,10 @@ class Ledger:
             (session_id, call_sid, provider, part, self.boot_id, time.time()),
         )
 
+    async def session_discarded(self, session_id: str) -> None:
+        """A session recorded before its Create, which failed: there is nothing to end."""
+        await self._write(f"DELETE FROM sessions WHERE session_id = ? AND state = '{SessionState.OPEN}'", (session_id,))
+
     async def session_ended(self, session_id: str, status: str) -> None:
         """Ended (or gone): and, in the same transaction, queued for its result."""
 
@@ -363,11 +481,11 @@ class Ledger:
                 (status, now, session_id),
             )
             db.execute(
-                "INSERT INTO result_queue (session_id, call_sid, ended_at)"
-                " SELECT session_id, call_sid, ? FROM sessions WHERE session_id = ?"
+                "INSERT INTO result_queue (session_id, call_sid, ended_at, owner)"
+                " SELECT session_id, call_sid, ?, ? FROM sessions WHERE session_id = ?"
                 " AND NOT EXISTS (SELECT 1 FROM results WHERE results.session_id = sessions.session_id)"
                 " ON CONFLICT DO NOTHING",
-                (now, session_id),
+                (now, self.boot_id, session_id),
             )
 
         await self._store.run(ended)
@@ -443,15 +561,49 @@ class Ledger:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def unsettled(self, *, orphaned_before: float) -> list[SessionRow]:
-        """Sessions that need an End: pending ones, and open ones a previous process left behind."""
+    async def claim_unsettled(self, *, settle_s: float) -> list[SessionRow]:
+        """Claim the sessions that need an End from this process: its own pending Ends, and the
+        open or pending sessions of processes whose lease expired over ``settle_s`` ago (their
+        sockets died with them; the server has flushed them by then). A claimed session is this
+        process's from now on (``boot_id``); the rows returned say whose it was. The calls those
+        processes left are marked finished (``owner_lost``): nothing will add to them."""
+
+        def claim(db: Connection) -> list[SessionRow]:
+            now = time.time()
+            if not self._lease_live(db, now):
+                return []  # this process may have been given up for dead: it claims nothing
+            rows = _dicts(
+                db.execute(
+                    "SELECT session_id, call_sid, provider, part, boot_id, state, created_at, end_attempts"
+                    f" FROM sessions WHERE (state = '{SessionState.END_PENDING}' AND boot_id = ?)"
+                    f" OR (state != '{SessionState.ENDED}' AND boot_id != ? AND boot_id NOT IN ({LIVE_MEMBERS}))"
+                    f" ORDER BY created_at{self._store.skip_locked}",
+                    (self.boot_id, self.boot_id, now - settle_s),
+                )
+            )
+            for row in rows:
+                if row["boot_id"] != self.boot_id:
+                    db.execute(
+                        "UPDATE sessions SET boot_id = ? WHERE session_id = ?", (self.boot_id, row["session_id"])
+                    )
+            for call_sid in {row["call_sid"] for row in rows if row["boot_id"] != self.boot_id}:
+                db.execute(
+                    "UPDATE calls SET finished_at = ?, summary = ? WHERE call_sid = ? AND finished_at IS NULL"
+                    f" AND boot_id NOT IN ({LIVE_MEMBERS})",
+                    (now, json.dumps({"end_reason": "owner_lost", "end_status": "swept"}), call_sid, now),
+                )
+            return [SessionRow(**row) for row in rows]
+
+        return await self._store.run(claim)
+
+    async def unsettled_count(self) -> int:
+        """Sessions waiting for an End anywhere in the fleet (pending, or left by a dead process)."""
         rows = await self._rows(
-            "SELECT session_id, call_sid, provider, part, boot_id, state, created_at, end_attempts"
-            f" FROM sessions WHERE state = '{SessionState.END_PENDING}'"
-            f" OR (state = '{SessionState.OPEN}' AND boot_id != ? AND created_at < ?) ORDER BY created_at",
-            (self.boot_id, orphaned_before),
+            f"SELECT count(*) AS n FROM sessions WHERE state = '{SessionState.END_PENDING}'"
+            f" OR (state = '{SessionState.OPEN}' AND boot_id NOT IN ({LIVE_MEMBERS}))",
+            (time.time(),),
         )
-        return [SessionRow(**row) for row in rows]
+        return int(rows[0]["n"])
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
         rows = await self._rows("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
@@ -461,9 +613,32 @@ class Ledger:
         return await self._rows("SELECT * FROM sessions WHERE call_sid = ? ORDER BY part", (call_sid,))
 
     async def awaiting_results(self) -> list[AwaitingResult]:
-        """Ended sessions without a result yet, oldest first (what the result poller follows)."""
-        rows = await self._rows("SELECT session_id, call_sid, ended_at FROM result_queue ORDER BY ended_at", ())
-        return [AwaitingResult(**row) for row in rows]
+        """Ended sessions without a result yet that this process follows, oldest first: those it
+        queued, and those of processes whose lease expired (claimed now)."""
+
+        def claim(db: Connection) -> list[AwaitingResult]:
+            now = time.time()
+            if not self._lease_live(db, now):
+                return []
+            rows = _dicts(
+                db.execute(
+                    "SELECT session_id, call_sid, ended_at, owner FROM result_queue"
+                    f" WHERE owner = ? OR owner IS NULL OR owner NOT IN ({LIVE_MEMBERS})"
+                    f" ORDER BY ended_at{self._store.skip_locked}",
+                    (self.boot_id, now),
+                )
+            )
+            claimed = []
+            for row in rows:
+                adopted = row.pop("owner") != self.boot_id
+                if adopted:
+                    db.execute(
+                        "UPDATE result_queue SET owner = ? WHERE session_id = ?", (self.boot_id, row["session_id"])
+                    )
+                claimed.append(AwaitingResult(**row, adopted=adopted))
+            return claimed
+
+        return await self._store.run(claim)
 
     async def result(self, session_id: str) -> dict[str, Any] | None:
         rows = await self._rows("SELECT * FROM results WHERE session_id = ?", (session_id,))
@@ -477,15 +652,25 @@ class Ledger:
         """Pending deliveries whose next attempt is due, with their calls and sessions."""
 
         def due(db: Connection) -> list[DueDelivery]:
+            wall = time.time()
+            if not self._lease_live(db, wall):
+                return []
             rows = _dicts(
                 db.execute(
-                    "SELECT delivery_id, call_sid, attempts, created_at FROM deliveries"
-                    f" WHERE state = '{DeliveryState.PENDING}' AND next_at <= ? ORDER BY next_at LIMIT ?",
-                    (now, limit),
+                    "SELECT delivery_id, call_sid, attempts, created_at, owner FROM deliveries"
+                    f" WHERE state = '{DeliveryState.PENDING}' AND next_at <= ?"
+                    f" AND (owner = ? OR owner IS NULL OR owner NOT IN ({LIVE_MEMBERS}))"
+                    f" ORDER BY next_at LIMIT ?{self._store.skip_locked}",
+                    (now, self.boot_id, wall, limit),
                 )
             )
             jobs = []
             for row in rows:
+                adopted = row.pop("owner") != self.boot_id
+                if adopted:
+                    db.execute(
+                        "UPDATE deliveries SET owner = ? WHERE delivery_id = ?", (self.boot_id, row["delivery_id"])
+                    )
                 call = _dicts(db.execute("SELECT * FROM calls WHERE call_sid = ?", (row["call_sid"],)))
                 sessions = _dicts(
                     db.execute(
@@ -495,14 +680,16 @@ class Ledger:
                         (row["call_sid"],),
                     )
                 )
-                jobs.append(DueDelivery(**row, call=call[0] if call else {}, sessions=sessions))
+                jobs.append(DueDelivery(**row, call=call[0] if call else {}, sessions=sessions, adopted=adopted))
             return jobs
 
         return await self._store.run(due)
 
     async def next_delivery_at(self) -> float | None:
         rows = await self._rows(
-            f"SELECT min(next_at) AS next_at FROM deliveries WHERE state = '{DeliveryState.PENDING}'", ()
+            f"SELECT min(next_at) AS next_at FROM deliveries WHERE state = '{DeliveryState.PENDING}'"
+            f" AND (owner = ? OR owner IS NULL OR owner NOT IN ({LIVE_MEMBERS}))",
+            (self.boot_id, time.time()),
         )
         return rows[0]["next_at"] if rows else None
 
@@ -547,17 +734,27 @@ class Ledger:
     async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         return await self._store.run(lambda db: _dicts(db.execute(sql, params)))
 
+    def _take(self, db: Connection, table: str, owner: str, key: str, value: str) -> None:
+        """Make a claimed row this process's (it is locked by the claim's SELECT)."""
+        db.execute(f"UPDATE {table} SET {owner} = ? WHERE {key} = ?", (self.boot_id, value))
+
+    def _lease_live(self, db: Connection, now: float) -> bool:
+        row = db.execute("SELECT lease_until FROM members WHERE boot_id = ?", (self.boot_id,)).fetchone()
+        return row is not None and row[0] > now
+
     def _delivery_due(self, db: Connection, call_sid: str) -> str | None:
-        """Create the call's delivery if it is complete: the call is over (or was left by a
-        previous process, so no session will be added) and every one of its sessions has a result."""
+        """Create the call's delivery if it is complete: the call is over (or its process is
+        dead, so no session will be added) and every one of its sessions has a result."""
         if not self.keep_results:
             return None
         # Lock the call's row first: a call's last result and its end may be recorded at once (on
         # PostgreSQL, on two connections); each must see the other's write, or neither would make
         # the delivery. A no-op UPDATE locks the row in PostgreSQL; SQLite's writes are serial anyway.
         db.execute("UPDATE calls SET call_sid = call_sid WHERE call_sid = ?", (call_sid,))
-        call = db.execute("SELECT boot_id, finished_at FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
-        if call is None or (call[1] is None and call[0] == self.boot_id):
+        call = db.execute(
+            f"SELECT finished_at, boot_id IN ({LIVE_MEMBERS}) FROM calls WHERE call_sid = ?", (time.time(), call_sid)
+        ).fetchone()
+        if call is None or (call[0] is None and call[1]):  # its process is alive and carrying it
             return None
         total, missing = db.execute(
             "SELECT count(*), count(*) - count(r.session_id) FROM sessions s"
@@ -569,9 +766,9 @@ class Ledger:
         delivery_id = "dlv_" + secrets.token_hex(12)
         now = time.time()
         inserted = db.execute(
-            "INSERT INTO deliveries (delivery_id, call_sid, state, next_at, created_at)"
-            f" VALUES (?, ?, '{DeliveryState.PENDING}', ?, ?) ON CONFLICT DO NOTHING",
-            (delivery_id, call_sid, now, now),
+            "INSERT INTO deliveries (delivery_id, call_sid, state, next_at, created_at, owner)"
+            f" VALUES (?, ?, '{DeliveryState.PENDING}', ?, ?, ?) ON CONFLICT DO NOTHING",
+            (delivery_id, call_sid, now, now, self.boot_id),
         ).rowcount
         return delivery_id if inserted else None
 

@@ -158,6 +158,9 @@ class ResultPoller:
 
     async def _scan(self) -> None:
         for row in await self.ledger.awaiting_results():
+            if row.adopted:
+                self.metrics.adopted.labels("result").inc()
+                self.log.info("result_poll_adopted", call_sid=row.call_sid, session_id=row.session_id)
             if row.session_id not in self._followers:
                 task = asyncio.create_task(self._follow(row), name=f"result-{row.session_id}")
                 self._followers[row.session_id] = task

@@ -34,7 +34,7 @@ from bridge.audio.byteorder import ByteOrderDetector
 from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
 from bridge.audio.mixer import OUTPUT_RATE, Mixer
 from bridge.config import ParamRoute, Settings
-from bridge.eka.client import EkaClient, EndStatus
+from bridge.eka.client import EkaClient, EndStatus, new_session_id
 from bridge.eka.retry import EkaError
 from bridge.eka.stream import UPSTREAM_ERRORS, UpstreamStream
 from bridge.live.pcm_queue import PcmQueue, ReplayBuffer
@@ -401,7 +401,19 @@ class Call:
         body = self._session_body()
         if continues is not None:
             body["additional_data"].update(part=number, continues_session=continues.session_id, reason=because)
-        created = await self.eka.create_session(body, log=self.log)
+        # Recorded before Create: a process that dies between the two leaves a row the fleet
+        # ends (or finds gone), never a session at Eka that nobody knows of.
+        body["session_id"] = new_session_id()
+        await self._record_part(body["session_id"], number)
+        try:
+            created = await self.eka.create_session(body, log=self.log)
+        except EkaError:
+            if self.start is not None:  # Create failed for good (a retried Create checks first)
+                await self.ledger.session_discarded(body["session_id"])
+            raise
+        if created.session_id != body["session_id"]:  # the server named it otherwise
+            await self._record_part(created.session_id, number)
+            await self.ledger.session_discarded(body["session_id"])
         loop = asyncio.get_running_loop()
         now = loop.time()
         expires = now + (created.expires_at - time.time())
@@ -414,8 +426,6 @@ class Call:
         )
         self.parts.append(part)
         self.log = self.log.bind(session_id=part.session_id)
-        if self.start is not None:
-            await self.ledger.session_opened(part.session_id, self.start.call_id, self.provider, number)
         self.log.info(
             "eka_session_created",
             part=number,
@@ -424,6 +434,10 @@ class Call:
             rollover_in_s=round(rollover_at - now, 1),
         )
         return part
+
+    async def _record_part(self, session_id: str, number: int) -> None:
+        if self.start is not None:
+            await self.ledger.session_opened(session_id, self.start.call_id, self.provider, number)
 
     async def _stream_into(self, part: SessionPart) -> SessionPart | None:
         """Send the PCM queue into ``part``'s socket. Returns the part to carry on in (a rollover
