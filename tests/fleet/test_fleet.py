@@ -105,6 +105,34 @@ async def test_a_vobiz_reconnect_that_lands_on_the_other_process_stays_one_sessi
     assert_processed_whole(session)
 
 
+async def test_a_duplicate_stream_for_a_live_call_on_the_other_process_is_refused_not_a_second_session(
+    tmp_path: Path,
+) -> None:
+    """Twilio has been seen to open two streams for one call: the second landing on another
+    process is relayed to the owner, which refuses it; the call goes on whole."""
+    call = TwilioCall()
+    async with (
+        emulator_running(tmp_path) as (emulator, eka_url),
+        fleet(eka_url, 2) as (a, b),
+    ):
+        calling = asyncio.create_task(
+            replay(a.stream_url, twilio_messages(call, ulaw_call(3.0)), pace=1.0, auth_token=TWILIO_TOKEN)
+        )
+        await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
+        duplicate = await replay(
+            b.stream_url, twilio_messages(call, ulaw_call(1.0)), pace=25.0, auth_token=TWILIO_TOKEN
+        )
+        original = await asyncio.wait_for(calling, 10)
+        await emulator.wait_for(lambda: only_session(emulator).ended_at is not None, 10)
+        (refused,) = await a.wait_for_event("twilio_rejected", 5)
+
+    assert duplicate.close_code == 1008 and not duplicate.completed
+    assert original.completed and len(emulator.sessions) == 1
+    assert refused["reason"] == "duplicate_call"
+    assert only_session(emulator).end_calls == 1
+    assert_processed_whole(only_session(emulator))
+
+
 async def test_a_hangup_sent_to_the_other_process_ends_the_call_within_a_second(tmp_path: Path) -> None:
     call = VobizCall()
     async with (
