@@ -27,6 +27,9 @@ from bridge.logging import configure
 DEV_EMULATOR_TOKEN = "dev-emulator-token"
 #: Before a worker that died on its own is started again.
 RESTART_DELAY_S = 1.0
+#: A worker that exits sooner than this after its start failed to start: the supervisor stops
+#: (a process manager or Kubernetes restarts it, with its own backoff), rather than loop.
+STARTUP_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,13 +150,15 @@ def _bind(host: str, port: int) -> socket.socket:
 class Supervisor:
     """``bridge serve --workers N``: N bridge processes accepting on one listening socket (the
     kernel spreads connections), sharing the ledger. A signal is passed to every worker, so one
-    SIGTERM drains them all; a worker that dies on its own is started again."""
+    SIGTERM drains them all; a worker that dies on its own is started again, unless it died
+    starting (then all stop, with its exit code)."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
         self.args = args
         self.settings = settings
         self.stopping = False
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.started: dict[int, float] = {}  # pid → when it was started
 
     def run(self) -> int:
         sock = _bind(self.args.host, self.args.port)
@@ -178,6 +183,10 @@ class Supervisor:
             worker.returncode = code
             if self.stopping:
                 codes.append(code)
+            elif time.monotonic() - self.started[pid] < STARTUP_S:  # it never got going (the database?)
+                print(f"bridge: worker {pid} failed at start-up ({code}); stopping", file=sys.stderr, flush=True)
+                codes.append(code or 1)
+                self._on_signal(signal.SIGTERM, None)
             else:  # a crash: its calls' sessions are ended by the fleet once its lease runs out
                 print(f"bridge: worker {pid} exited ({code}); starting another", file=sys.stderr, flush=True)
                 time.sleep(RESTART_DELAY_S)
@@ -194,7 +203,9 @@ class Supervisor:
             command.append("--dev")
         # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
         # it on once (two would skip the drain).
-        return subprocess.Popen(command, pass_fds=(sock.fileno(),), process_group=0)
+        worker = subprocess.Popen(command, pass_fds=(sock.fileno(),), process_group=0)
+        self.started[worker.pid] = time.monotonic()
+        return worker
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -161,3 +163,16 @@ async def test_refused_streams_leak_no_slot_and_two_signals_always_exit(tmp_path
     assert code == 0 and exited_after < 10  # the flush (1 s) and End, not a drain or a hang
     assert_processed_whole(session)
     assert any('"reason": "unsupported_format"' in line for line in bridge.lines)
+
+
+async def test_workers_need_a_shared_ledger(tmp_path: Path) -> None:
+    """N processes on one SQLite file would each think the others' calls were orphans."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "serve", "--workers", "2", "--port", "0",
+        env={"PATH": os.environ.get("PATH", ""), "BRIDGE_LEDGER_PATH": str(tmp_path / "ledger.db"),
+             "EKA_ACCESS_TOKEN": "t"},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert b"--workers needs BRIDGE_DATABASE_URL" in err
