@@ -236,11 +236,12 @@ async def test_workers_share_one_port_and_one_sigterm_drains_them_all(tmp_path: 
 async def test_a_killed_process_is_taken_over_once_its_lease_expires_and_nothing_is_done_twice(
     tmp_path: Path,
 ) -> None:
-    """A carries a live call, and a finished call whose result it is still waiting for. It is
-    killed. Once its lease expires, exactly one of B and C ends the live call's session, and
-    exactly one follows each result and delivers each call, once."""
+    """A carries three calls: one whose delivery it keeps retrying (the clinic answers 500), one
+    whose result it is still waiting for, one live. It is killed. Once its lease expires, exactly
+    one of B and C ends the live call's session, one follows the pending result, one makes the
+    pending delivery; every call is delivered once, nothing is ended or fetched twice."""
     async with (
-        Receiver().running() as rx,
+        Receiver(fail_next=10**6).running() as rx,
         emulator_running(tmp_path, processing_s=3600) as (emulator, eka_url),
         fleet(
             eka_url,
@@ -248,39 +249,52 @@ async def test_a_killed_process_is_taken_over_once_its_lease_expires_and_nothing
             EKA_RESULT_POLL_S="0.05",
             RESULT_WEBHOOK_URL=rx.url,
             RESULT_WEBHOOK_SECRET=SECRET,
+            RESULT_WEBHOOK_BACKOFF_S="0.05",
+            RESULT_WEBHOOK_BACKOFF_MAX_S="0.2",
         ) as (a, b, c),
     ):
-        done, live = TwilioCall(), TwilioCall()
-        await replay(a.stream_url, twilio_messages(done, ulaw_call(1.0)), pace=25.0, auth_token=TWILIO_TOKEN)
+        delivering, polling, live = TwilioCall(), TwilioCall(), TwilioCall()
+        quick = twilio_messages(delivering, ulaw_call(1.0))
+        await replay(a.stream_url, quick, pace=25.0, auth_token=TWILIO_TOKEN)
         await a.wait_for_event("call_summary", 10)
-        finished = only_session(emulator)
+        assert emulator.complete_processing() == 1
+        await rx.wait_attempts(1, 10)  # its delivery is failing, and due again soon
+        quick = twilio_messages(polling, ulaw_call(1.0))
+        await replay(a.stream_url, quick, pace=25.0, auth_token=TWILIO_TOKEN)
+        await a.wait_for_event("call_summary", 10, count=2)
+        finished = {s.session_id for s in emulator.sessions.values()}
         calling = asyncio.create_task(
             replay(a.stream_url, twilio_messages(live, ulaw_call(20.0)), pace=1.0, auth_token=TWILIO_TOKEN)
         )
         await emulator.wait_for(
-            lambda: len(emulator.sessions) == 2 and all(s.audio for s in emulator.sessions.values()), 10
+            lambda: len(emulator.sessions) == 3 and all(s.audio for s in emulator.sessions.values()), 10
         )
         a.proc.kill()  # a crash: no End, no lease renewal
         await a.exit_code(10)
         killed = time.monotonic()
+        rx.fail_next = 0  # the clinic is back
         await asyncio.gather(calling, return_exceptions=True)
 
         await emulator.wait_for(lambda: all(s.ended_at is not None for s in emulator.sessions.values()), 15)
         ended_after = time.monotonic() - killed
         assert emulator.complete_processing() == 2
-        delivered = await rx.wait_delivered(2, 15)
+        delivered = await rx.wait_delivered(3, 15)
         sweeps = b.events("sweep_session_ended") + c.events("sweep_session_ended")
-        adopted = b.events("result_poll_adopted") + c.events("result_poll_adopted")
+        polls = b.events("result_poll_adopted") + c.events("result_poll_adopted")
+        deliveries = b.events("result_delivery_adopted") + c.events("result_delivery_adopted")
 
     assert ended_after < 2 + 0.5 + 3  # the lease, the settle time, and the sweep it woke
     assert all(s.end_calls == 1 for s in emulator.sessions.values())  # each ended once, fleet-wide
     (swept,) = sweeps
     assert swept["call_sid"] == live.call_sid and swept["orphan"] is True
-    assert [r["call_sid"] for r in adopted] == [done.call_sid]  # the live call's was queued by its sweep
-    assert sorted(d.json["call_sid"] for d in delivered) == sorted([done.call_sid, live.call_sid])
-    assert len(rx.attempts) == 2 and emulator.count("get", 200) == 2  # nothing polled or sent twice
+    assert [r["call_sid"] for r in polls] == [polling.call_sid]  # the live call's was queued by its sweep
+    assert [r["call_sid"] for r in deliveries] == [delivering.call_sid]
+    assert sorted(d.json["call_sid"] for d in delivered) == sorted(
+        [delivering.call_sid, polling.call_sid, live.call_sid]
+    )
+    assert len(rx.delivered) == 3 and emulator.count("get", 200) == 3  # nothing fetched or delivered twice
     for session in emulator.sessions.values():  # the killed call's socket died without a stop
-        assert_processed_whole(session, flushed_on_stop=session is finished)
+        assert_processed_whole(session, flushed_on_stop=session.session_id in finished)
 
 
 async def test_processes_racing_over_the_same_pending_ends_and_deliveries_each_act_exactly_once() -> None:
