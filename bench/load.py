@@ -26,6 +26,18 @@ Over the whole run: audio frames sent vs *processed* by EkaScribe (loss must be 
 Session latency (the generator's ``stop`` → the emulator receiving End), split into the flush
 wait (``stop`` → the emulator closing the stream once its last chunk is in storage: it flushes
 1 s after the stream ends, like Eka's server takes real time) and End after that close.
+
+``--workers N`` (N ≥ 2) runs the bridge as a fleet: ``bridge serve --workers N``, N processes
+accepting on one port and sharing a ledger on a PostgreSQL server started for the run (the
+suite's, tests/postgres.py). Worker k is pinned to CPU k (round robin when there are fewer CPUs
+than workers); the load goes on the CPUs left, or, when none are left, on all of them, sharing
+the workers' CPUs. Each worker also listens on an internal port of its own (its ``bridge_ready``
+log line names it; /proc tells which process holds it), where its own ``/metrics`` and
+``/healthz`` answer: per worker, CPU from /proc over the window, the media messages it took
+(``bridge_media_frames_total`` at the window's edges), the calls it carried
+(``bridge_active_calls``), RSS, and loop lag probed on its internal port. The fleet's figures are
+the workers' sums (the supervisor, which only waits, is shown apart); the sinks stay one process,
+so the fleet's CPU per message compares with the same floor.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,14 +57,16 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
+from bench.proc import CoreTimes, cpu_seconds, listening_ports, percentile, rss_kb
 from bridge.audio.resample import HALF_SPAN
+from tests.postgres import PostgresServer, binaries
 
 HOST = "127.0.0.1"
 TWILIO_TOKEN = "bench-twilio-token"
@@ -66,6 +81,8 @@ LAG_LIMIT_MS = 50.0  # --find-max: p99 loop lag above this fails a step
 SATURATED = 0.90  # share of a core at which a process (or the load CPUs) counts as saturated
 SLIP_LIMIT_MS = 10.0  # generator's p99 send slip above this: the generator is the limit
 DISTURBED_PCT = 10.0  # other processes' share of the server CPU above which a step is flagged
+MEDIA_FRAMES = 'bridge_media_frames_total{provider="twilio"}'  # a worker's media messages, on its /metrics
+ACTIVE_CALLS = "bridge_active_calls"
 
 
 @dataclass
@@ -77,11 +94,42 @@ class Plan:
 
 
 @dataclass
+class Worker:
+    """One process of a ``--workers`` fleet, reached on its own internal port."""
+
+    number: int
+    pid: int
+    url: str  # its internal URL: this process's own /metrics and /healthz
+    cpu: int | None  # the CPU it is pinned to
+    cpu_s: float = 0.0
+    cpu_pct: float = math.nan
+    media_messages: int = 0  # in the window, by its bridge_media_frames_total
+    calls: tuple[int, int] = (0, 0)  # bridge_active_calls when the window opened, and when it closed
+    rss_idle_kb: int = 0
+    rss_loaded_kb: int = 0
+    loop_lag_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+    @property
+    def name(self) -> str:
+        return f"worker-{self.number}"
+
+    @property
+    def us_per_message(self) -> float:
+        return 1e6 * self.cpu_s / self.media_messages if self.media_messages else math.nan
+
+    @property
+    def rss_per_call_kb(self) -> float:
+        return (self.rss_loaded_kb - self.rss_idle_kb) / self.calls[0] if self.calls[0] else math.nan
+
+
+@dataclass
 class Figures:
     """What one run measured; ``None`` where it does not apply (the sink has no upstream)."""
 
     target: str
     plan: Plan
+    processes: int = 1  # the bridge's workers (--workers)
+    pinning: str = ""  # what ran where
     window_s: float = 0.0
     media_messages: int = 0
     server_cpu_s: float = 0.0
@@ -105,6 +153,19 @@ class Figures:
     foreign_on_server_cpu_pct: float = math.nan  # other processes (or the kernel for them) on the server's CPU
     slip_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     errors: list[str] = field(default_factory=list)
+    workers: list[Worker] = field(default_factory=list)  # a fleet's processes, each measured
+    supervisor_cpu_pct: float = math.nan
+    supervisor_rss_kb: int = 0
+    load_shares_server: bool = False  # the load runs on the server's CPUs too (more workers than spare CPUs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.target} ({self.processes} workers)" if self.processes > 1 else self.target
+
+    @property
+    def busiest_pct(self) -> float:
+        """% of one core of the busiest server process: the fleet's busiest worker, else the server."""
+        return max((w.cpu_pct for w in self.workers), default=self.cpu_pct)
 
     @property
     def rss_per_call_kb(self) -> float:
@@ -116,7 +177,7 @@ class Figures:
 
     @property
     def server_saturated(self) -> bool:
-        return self.cpu_pct >= SATURATED * 100
+        return self.busiest_pct >= SATURATED * 100
 
     @property
     def generator_limited(self) -> bool:
@@ -125,8 +186,9 @@ class Figures:
 
     @property
     def load_side_busy(self) -> bool:
-        """The load CPUs (generator, emulator, loopback kernel work) were close to full."""
-        return self.load_cpus_busy_pct >= SATURATED * 100
+        """The load CPUs (generator, emulator, loopback kernel work) were close to full; not
+        telling when they are the server's CPUs too."""
+        return not self.load_shares_server and self.load_cpus_busy_pct >= SATURATED * 100
 
     @property
     def passed(self) -> bool:
@@ -145,16 +207,30 @@ class Figures:
 
 
 class Service:
-    """A child process whose output goes to a log file; ``ready`` is the line that says it is up."""
+    """A child process whose output goes to a log file; ``ready`` is the line that says it is up.
+    Lines containing ``ready`` or one of ``keep`` are kept, to be waited for."""
 
-    def __init__(self, name: str, argv: list[str], *, cpus: str | None, env: dict[str, str], log: Path, ready: str):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpus: str | None,
+        env: dict[str, str],
+        log: Path,
+        ready: str,
+        keep: Sequence[str] = (),
+    ):
         self.name, self.ready_text, self.log_path = name, ready, log
+        self.keep = (ready, *keep)
         command = ["taskset", "-c", cpus, *argv] if cpus else argv  # taskset execs: same pid
         self.proc = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.lines: list[str] = []
-        self._ready = threading.Event()
+        self.workers: list[int] = []  # processes it started in process groups of their own (a fleet's)
+        self._seen = threading.Condition()
+        self._ended = False
         self._reader = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
         self._reader.start()
 
@@ -168,14 +244,38 @@ class Service:
             for raw in self.proc.stdout:
                 line = raw.decode(errors="replace")
                 log.write(line)
-                if self.ready_text in line:
-                    self.lines.append(line)
-                    self._ready.set()
+                if any(text in line for text in self.keep):
+                    with self._seen:
+                        self.lines.append(line)
+                        self._seen.notify_all()
+        with self._seen:
+            self._ended = True
+            self._seen.notify_all()
+
+    def seen(self, text: str) -> list[str]:
+        with self._seen:
+            return [line for line in self.lines if text in line]
+
+    def occurrences(self, text: str) -> int:
+        """How often ``text`` was printed: processes sharing one output (a fleet's workers) can
+        put two messages on one line, since a print is two writes (the text, then its newline)."""
+        with self._seen:
+            return sum(line.count(text) for line in self.lines)
+
+    def wait_for(self, text: str, count: int, timeout: float) -> list[str]:
+        """The kept lines containing ``text``, once it has been printed ``count`` times."""
+        with self._seen:
+            self._seen.wait_for(lambda: self.occurrences(text) >= count or self._ended, timeout)
+        found = self.occurrences(text)
+        if found < count:
+            raise RuntimeError(f"{self.name}: {text!r} printed {found} of {count} times (see {self.log_path})")
+        return self.seen(text)
 
     def wait_ready(self, timeout: float) -> str:
-        if not self._ready.wait(timeout):
-            raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s (see {self.log_path})")
-        return self.lines[0]
+        try:
+            return self.wait_for(self.ready_text, 1, timeout)[0]
+        except RuntimeError:
+            raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s (see {self.log_path})") from None
 
     def wait(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
@@ -183,7 +283,8 @@ class Service:
         return code
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s: only this process, by its own pid."""
+        """SIGTERM, then SIGKILL after 10 s: only this process, by its own pid; then SIGKILL to
+        any of its ``workers`` still running (by pid, each checked to be a bridge worker)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -191,6 +292,14 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        for pid in self.workers:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:  # gone, as it should be
+                continue
+            if b"bridge" in argv and b"--fd" in argv:
+                os.kill(pid, signal.SIGKILL)
         self._reader.join(5)
 
 
@@ -202,23 +311,57 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Cpus:
-    """Where each process runs: the server alone on the first CPU, everything else on the rest."""
+    """Where each process runs: the server alone on the first CPU, everything else on the rest;
+    a fleet's workers one per CPU (``fleet``)."""
 
     server: str | None = None  # taskset lists; None: not pinned
     load: str | None = None
     load_list: tuple[int, ...] = ()
+    server_list: tuple[int, ...] = ()
+    workers: tuple[int, ...] = ()  # a fleet: worker k's CPU is workers[k - 1]
 
     @classmethod
     def split(cls) -> Cpus:
         cpus = sorted(os.sched_getaffinity(0))
         if shutil.which("taskset") is None or len(cpus) < 2:
             return cls()
-        return cls(str(cpus[0]), ",".join(map(str, cpus[1:])), tuple(cpus[1:]))
+        return cls(str(cpus[0]), ",".join(map(str, cpus[1:])), tuple(cpus[1:]), (cpus[0],))
+
+    @classmethod
+    def fleet(cls, workers: int, cpus: Sequence[int] | None = None) -> Cpus:
+        """Worker k on the k-th CPU (round robin when the workers outnumber the CPUs); the load on
+        the CPUs left over, or, when none are, on all of them: then it competes with the workers."""
+        ordered = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+        if shutil.which("taskset") is None or len(ordered) < 2:
+            return cls()
+        own, load = ordered[:workers], ordered[workers:] or ordered
+        per_worker = tuple(own[k % len(own)] for k in range(workers))
+        return cls(",".join(map(str, own)), ",".join(map(str, load)), tuple(load), tuple(own), per_worker)
+
+    @property
+    def shared(self) -> bool:
+        """The load runs on the server's CPUs too."""
+        return bool(set(self.server_list) & set(self.load_list))
 
     def describe(self) -> str:
         if self.server is None:
             return "not pinned (no taskset, or one CPU): figures mix server and load"
-        return f"server pinned to CPU {self.server}, emulator + generator + prober on CPU {self.load}"
+        if not self.workers:
+            return f"server pinned to CPU {self.server}, emulator + generator + prober on CPU {self.load}"
+        workers = ", ".join(f"worker {k} on CPU {cpu}" for k, cpu in enumerate(self.workers, 1))
+        load = f"emulator + generator + prober + PostgreSQL on CPU {self.load}"
+        if self.shared:
+            load += " (shared with the workers: the load competes with them)"
+        return f"{workers}, supervisor on CPU {self.server}; {load}"
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` to ``cpu`` (threads it starts later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), {cpu})
+        except ProcessLookupError:  # a thread that just ended
+            pass
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -258,7 +401,7 @@ class Snapshot:
     cpu: dict[str, float]
     cores: list[CoreTimes]
 
-    server_core: CoreTimes | None = None
+    server_cores: list[CoreTimes] = field(default_factory=list)
 
     @classmethod
     def take(cls, pids: dict[str, int], cpus: Cpus) -> Snapshot:
@@ -266,7 +409,7 @@ class Snapshot:
             time.monotonic(),
             {n: cpu_seconds(p) for n, p in pids.items()},
             [CoreTimes.read(c) for c in cpus.load_list],
-            CoreTimes.read(int(cpus.server)) if cpus.server is not None else None,
+            [CoreTimes.read(c) for c in cpus.server_list],
         )
 
 
@@ -299,13 +442,17 @@ def delivery_lags_ms(
 # -- one run ----------------------------------------------------------------------------------
 
 
-def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
-    """Run ``plan`` against ``target`` ("bridge", "sink" or "sink-asgi") with fresh processes."""
+def run(target: str, plan: Plan, work: Path, cpus: Cpus, workers: int = 1) -> Figures:
+    """Run ``plan`` against ``target`` ("bridge", "sink" or "sink-asgi") with fresh processes;
+    ``workers`` > 1: the bridge as that many processes behind one port, on a PostgreSQL ledger."""
     server_cpus, load_cpus = cpus.server, cpus.load
-    figures = Figures(target, plan)
+    figures = Figures(target, plan, processes=workers, pinning=cpus.describe(), load_shares_server=cpus.shared)
     work.mkdir(parents=True, exist_ok=True)
+    if cpus.load_list:
+        os.sched_setaffinity(0, cpus.load_list)  # this process (its probers, PostgreSQL) on the load's CPUs
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     services: list[Service] = []
+    postgres: PostgresServer | None = None
     py = sys.executable
     try:
         port = free_port()
@@ -333,10 +480,17 @@ def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
                 "BRIDGE_LOG_FORMAT": "json",
                 "BRIDGE_DRAIN_S": "0",
             }
+            fleet_options: list[str] = []
+            if workers > 1:  # one ledger for the fleet: a PostgreSQL server of the run's own
+                postgres = PostgresServer()
+                del server_env["BRIDGE_LEDGER_PATH"]
+                server_env["BRIDGE_DATABASE_URL"] = postgres.new_database()
+                fleet_options = ["--workers", str(workers)]
             server = Service(
                 "bridge",
-                [py, "-m", "bridge", "serve", "--host", HOST, "--port", str(port)],
+                [py, "-m", "bridge", "serve", "--host", HOST, "--port", str(port), *fleet_options],
                 cpus=server_cpus, env=server_env, log=work / "bridge.log", ready="bridge: listening on",
+                keep=(" workers on ", '"bridge_ready"', "starting another"),
             )  # fmt: skip
         else:
             server = Service(
@@ -346,9 +500,21 @@ def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
             )  # fmt: skip
         services.append(server)
         server.wait_ready(30)
-        pids["server"] = server.pid
+        fleet: list[Worker] = []
+        if workers > 1:
+            fleet = fleet_workers(server, workers, port, cpus)
+            server.workers = [w.pid for w in fleet]
+            figures.workers = fleet
+            pids["supervisor"] = server.pid
+            pids.update({w.name: w.pid for w in fleet})
+        else:
+            pids["server"] = server.pid
+        measured = [w.pid for w in fleet] or [server.pid]  # the processes whose RSS is the server's
         time.sleep(1.0)
-        figures.rss_idle_kb = rss_kb(server.pid)
+        idle = [rss_kb(pid) for pid in measured]
+        figures.rss_idle_kb = sum(idle)
+        for w, kb in zip(fleet, idle, strict=False):
+            w.rss_idle_kb = kb
 
         generator = Service(
             "loadgen",
@@ -368,20 +534,41 @@ def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
             figures.errors.append(f"no steady window: lengthen --duration beyond {ramp_s + 4:.0f} s")
         else:
             time.sleep(max(0.0, opens - time.monotonic()))
+            for w in fleet:
+                if w.cpu is not None:
+                    pin(w.pid, w.cpu)  # again: any thread started since
+            opened = [scrape(w.url) for w in fleet]  # outside the CPU window: a scrape costs the worker
             before = Snapshot.take(pids, cpus)
-            prober = Prober(port, closes)
-            prober.start()
+            # Loop lag: through the port; a fleet's workers each on their own internal port.
+            probe_ports = [urlsplit(w.url).port or 0 for w in fleet] or [port]
+            probers = [Prober(p, closes) for p in probe_ports]
+            for prober in probers:
+                prober.start()
             rss_samples = []
             while time.monotonic() < closes:
-                rss_samples.append(rss_kb(server.pid))
+                rss_samples.append([rss_kb(pid) for pid in measured])
                 time.sleep(min(0.5, max(0.0, closes - time.monotonic())))
             after = Snapshot.take(pids, cpus)
-            prober.join(10)
-            figures.rss_loaded_kb = max(rss_samples)
-            figures.loop_lag_ms = triple(prober.rtts_ms)
-            if prober.failures:
-                figures.errors.append(f"{prober.failures} /healthz probes failed")
-            _cpu_figures(figures, before, after)
+            closed = [scrape(w.url) for w in fleet]
+            for prober in probers:
+                prober.join(10)
+            figures.rss_loaded_kb = max(sum(sample) for sample in rss_samples)
+            figures.loop_lag_ms = triple([rtt for prober in probers for rtt in prober.rtts_ms])
+            failures = sum(prober.failures for prober in probers)
+            if failures:
+                figures.errors.append(f"{failures} /healthz probes failed")
+            _cpu_figures(figures, before, after, [w.name for w in fleet] or ["server"])
+            for k, w in enumerate(fleet):
+                w.cpu_s = after.cpu[w.name] - before.cpu[w.name]
+                w.cpu_pct = 100 * w.cpu_s / figures.window_s
+                w.media_messages = int(closed[k].get(MEDIA_FRAMES, 0) - opened[k].get(MEDIA_FRAMES, 0))
+                w.calls = (int(opened[k].get(ACTIVE_CALLS, 0)), int(closed[k].get(ACTIVE_CALLS, 0)))
+                w.rss_loaded_kb = max(sample[k] for sample in rss_samples)
+                w.loop_lag_ms = triple(probers[k].rtts_ms)
+            if fleet:
+                supervisor_s = after.cpu["supervisor"] - before.cpu["supervisor"]
+                figures.supervisor_cpu_pct = 100 * supervisor_s / figures.window_s
+                figures.supervisor_rss_kb = rss_kb(server.pid)
             window = (before.at, after.at)
         if generator.wait(plan.duration_s + ramp_s + 120) != 0:
             figures.errors.append(f"load generator failed (see {generator.log_path})")
@@ -389,15 +576,55 @@ def run(target: str, plan: Plan, work: Path, cpus: Cpus) -> Figures:
         _generator_figures(figures, work / "loadgen", window)
         if emulator_url is not None:
             _upstream_figures(figures, emulator_url, work / "loadgen", window)
+        if server.seen("starting another"):
+            figures.errors.append(f"a worker died and was restarted: its figures are wrong (see {server.log_path})")
         return figures
     finally:
         for service in reversed(services):
             service.stop()
+        if postgres is not None:
+            postgres.stop()
 
 
-def _cpu_figures(figures: Figures, before: Snapshot, after: Snapshot) -> None:
+def fleet_workers(server: Service, count: int, port: int, cpus: Cpus) -> list[Worker]:
+    """A ``--workers`` fleet's processes, once all are listening: their pids (the supervisor's
+    line), each one's internal URL (its ``bridge_ready`` line, matched to the process by the
+    ports /proc says it listens on), each pinned to its CPU."""
+    server.wait_for("bridge: listening on", count, 60)
+    started = re.search(r"workers on \S+ \(pids ([\d ]+)\)", "".join(server.wait_for(" workers on ", 1, 1)))
+    if started is None:
+        raise RuntimeError(f"the supervisor named no worker pids (see {server.log_path})")
+    pids = [int(pid) for pid in started[1].split()]
+    # Not json.loads: another worker's line may share this one (see Service.occurrences).
+    urls = set(re.findall(r'"internal_url": "([^"]+)"', "".join(server.wait_for('"bridge_ready"', count, 10))))
+    fleet = []
+    for k, pid in enumerate(pids):
+        ports = listening_ports(pid) - {port}
+        url = next((u for u in urls if urlsplit(u).port in ports), None)
+        if url is None:
+            raise RuntimeError(f"worker {pid}: no bridge_ready line names its ports {sorted(ports)}")
+        cpu = cpus.workers[k] if cpus.workers else None
+        if cpu is not None:
+            pin(pid, cpu)
+        fleet.append(Worker(k + 1, pid, url, cpu))
+    return fleet
+
+
+def scrape(url: str) -> dict[str, float]:
+    """One process's ``/metrics``: each sample (name with labels) → its value."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _cpu_figures(figures: Figures, before: Snapshot, after: Snapshot, servers: Sequence[str] = ("server",)) -> None:
     figures.window_s = after.at - before.at
-    server_s = after.cpu["server"] - before.cpu["server"]
+    server_s = sum(after.cpu[name] - before.cpu[name] for name in servers)
     figures.cpu_pct = 100 * server_s / figures.window_s
     figures.generator_cpu_pct = 100 * (after.cpu["generator"] - before.cpu["generator"]) / figures.window_s
     if "emulator" in after.cpu:
@@ -405,8 +632,10 @@ def _cpu_figures(figures: Figures, before: Snapshot, after: Snapshot) -> None:
     if after.cores:
         shares = [a.busy_share_since(b) for a, b in zip(after.cores, before.cores, strict=True)]
         figures.load_cpus_busy_pct = 100 * sum(shares) / len(shares)
-    if after.server_core is not None and before.server_core is not None:
-        core_pct = 100 * after.server_core.busy_share_since(before.server_core)
+    if after.server_cores:
+        # % of one core, summed over the server's CPUs (one, but for a fleet's)
+        cores = zip(after.server_cores, before.server_cores, strict=True)
+        core_pct = 100 * sum(a.busy_share_since(b) for a, b in cores)
         figures.foreign_on_server_cpu_pct = max(0.0, core_pct - figures.cpu_pct)
     figures.server_cpu_s = server_s
 
@@ -495,8 +724,14 @@ def _ms(values: tuple[float, float, float] | None) -> str:
 def report(runs: list[Figures], cpus: Cpus, out: Callable[[str], None] = print) -> None:
     """The figures side by side, then the verdicts."""
     plan = runs[0].plan
+    where = cpus.describe()
+    if any(f.processes > 1 for f in runs):  # the fleet and the sinks were pinned differently
+        pinnings: dict[str, list[str]] = {}
+        for f in runs:
+            pinnings.setdefault(f.pinning, []).append(f.label)
+        where = "; ".join(f"{', '.join(labels)}: {pinning}" for pinning, labels in pinnings.items())
     out(f"\n{plan.calls} calls × {plan.duration_s:g} s, {plan.tracks} track(s) × 50 media messages/s, "
-        f"started at {plan.ramp_rate:g}/s; {os.cpu_count()} CPUs, {cpus.describe()}")  # fmt: skip
+        f"started at {plan.ramp_rate:g}/s; {os.cpu_count()} CPUs, {where}")  # fmt: skip
     rows: list[tuple[str, Callable[[Figures], str]]] = [
         ("steady window (s)", lambda f: f"{f.window_s:.1f}"),
         ("media messages in window", lambda f: f"{f.media_messages}"),
@@ -519,30 +754,70 @@ def report(runs: list[Figures], cpus: Cpus, out: Callable[[str], None] = print) 
         ("generator send slip p50/p99/max (ms)", lambda f: _ms(f.slip_ms)),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
-    out(f"{'':{width}}  " + "  ".join(f"{f.target:>24}" for f in runs))
+    out(f"{'':{width}}  " + "  ".join(f"{f.label:>24}" for f in runs))
     for name, cell in rows:
         out(f"{name:{width}}  " + "  ".join(f"{cell(f):>24}" for f in runs))
+    for f in runs:
+        if f.workers:
+            fleet_report(f, out)
     by = {f.target: f for f in runs}
     for sink, what in (("sink", "the same stack"), ("sink-asgi", "the stock ASGI receive path")):
         if "bridge" in by and sink in by:
-            ratio = by["bridge"].us_per_message / by[sink].us_per_message
-            out(f"bridge/{sink} CPU per message: {ratio:.2f}× (bare sink on {what})")
+            bridge = by["bridge"]
+            ratio = bridge.us_per_message / by[sink].us_per_message
+            fleet = f"; the {bridge.processes} workers' CPU in all against one sink process" * (bridge.processes > 1)
+            out(f"{bridge.label}/{sink} CPU per message: {ratio:.2f}× (bare sink on {what}{fleet})")
     for f in runs:
-        out(f"{f.target}: {verdict(f)}")
+        out(f"{f.label}: {verdict(f)}")
         for error in f.errors:
-            out(f"{f.target}: error: {error}")
+            out(f"{f.label}: error: {error}")
+
+
+def fleet_report(f: Figures, out: Callable[[str], None]) -> None:
+    """Per worker of a fleet, then their totals: what each process carried and what it cost."""
+
+    def calls(w: Worker) -> str:
+        return f"{w.calls[0]}" if w.calls[0] == w.calls[1] else f"{w.calls[0]} → {w.calls[1]}"
+
+    def mib(idle: int, loaded: int) -> str:
+        return f"{idle / 1024:.1f} → {loaded / 1024:.1f}"
+
+    header = ["", "pid", "on CPU", "calls carried", "media messages", "CPU (% of one core)", "CPU per message (µs)",
+              "RSS idle → loaded (MiB)", "RSS per call (KiB)", "loop lag p50/p99/max (ms)"]  # fmt: skip
+    rows = [
+        [f"worker {w.number}", f"{w.pid}", _or_na(w.cpu), calls(w), f"{w.media_messages}", f"{w.cpu_pct:.1f}",
+         f"{w.us_per_message:.1f}", mib(w.rss_idle_kb, w.rss_loaded_kb), f"{w.rss_per_call_kb:.1f}",
+         _ms(w.loop_lag_ms)]
+        for w in f.workers
+    ]  # fmt: skip
+    messages = sum(w.media_messages for w in f.workers)
+    rows.append(
+        ["all workers", "", "", f"{sum(w.calls[0] for w in f.workers)}", f"{messages}", f"{f.cpu_pct:.1f}",
+         f"{1e6 * f.server_cpu_s / messages if messages else math.nan:.1f}", mib(f.rss_idle_kb, f.rss_loaded_kb),
+         f"{f.rss_per_call_kb:.1f}", _ms(f.loop_lag_ms)]
+    )  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    out(f"\n{f.label}, per process (messages and calls from each worker's own /metrics, on its internal port):")
+    for row in [header, *rows]:
+        cells = zip(row, widths, strict=True)
+        out("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(cells)))
+    out(f"supervisor: CPU {f.supervisor_cpu_pct:.1f} % of one core, RSS {f.supervisor_rss_kb / 1024:.1f} MiB "
+        "(not in the fleet's figures)\n")  # fmt: skip
 
 
 def verdict(f: Figures) -> str:
     load = f"load CPUs {f.load_cpus_busy_pct:.0f}% busy, generator slip p99 {f.slip_ms[1]:.1f} ms"
+    if f.load_shares_server:
+        load += " (the load CPUs are the workers' too)"
+    server = f"busiest worker {f.busiest_pct:.0f}% of its core" if f.workers else f"{f.cpu_pct:.0f}% of its core"
     if f.generator_limited:
         return f"the LOAD GENERATOR fell behind first ({load}): the server's figures are not its limit"
     if f.server_saturated:
         side = "; the load CPUs were near full too" if f.load_side_busy else ""
-        return f"the {f.target} saturated first ({f.cpu_pct:.0f}% of its core; generator on schedule: {load}{side})"
+        return f"the {f.label} saturated first ({server}; generator on schedule: {load}{side})"
     if f.load_side_busy:
         return f"the LOAD SIDE is near full ({load}) while the server is at {f.cpu_pct:.0f}%: not a server limit"
-    return f"nothing saturated (server {f.cpu_pct:.0f}% of its core; {load})"
+    return f"nothing saturated ({'' if f.workers else 'server '}{server}; {load})"
 
 
 # -- find-max ---------------------------------------------------------------------------------
@@ -610,10 +885,26 @@ def main() -> int:
     )
     parser.add_argument("--max-calls", type=int, default=5000, help="--find-max: stop doubling here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers, send times)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="run the bridge as N processes behind one port (bridge serve --workers N) on a PostgreSQL ledger "
+        "started for the run; per-process figures (default: %(default)s)",
+    )
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and args.find_max:
+        parser.error("--find-max ramps one process; not with --workers")
+    if args.workers > 1 and binaries() is None:
+        print("bench.load: --workers needs PostgreSQL's server binaries (initdb, pg_ctl): `make postgres`"
+              " installs them", file=sys.stderr)  # fmt: skip
+        return 2
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up children on SIGTERM too
     cpus = Cpus.split()
+    fleet = Cpus.fleet(args.workers)  # before this process leaves the server's CPU
     if cpus.load_list:
         os.sched_setaffinity(0, cpus.load_list)  # this process (and its prober) stays off the server's core
     idle_before = CoreTimes.read(None)
@@ -628,9 +919,18 @@ def main() -> int:
         if args.find_max:
             find_max(plan, work, cpus, args.step_duration, args.max_calls)
         else:
-            print(f"bench.load: {plan.calls} calls × {plan.duration_s:g} s against the bridge"
-                  + ("" if args.no_sink else ", then the bare sinks") + f"; {cpus.describe()}", flush=True)  # fmt: skip
-            runs = [run("bridge", plan, work / "bridge", cpus)]
+            if args.workers > 1:
+                print(f"bench.load: {plan.calls} calls × {plan.duration_s:g} s against the bridge as {args.workers}"
+                      " workers behind one port (ledger on a PostgreSQL started for the run)"
+                      + ("" if args.no_sink else ", then the bare sinks (one process each)")
+                      + f"; bridge: {fleet.describe()}" + ("" if args.no_sink else f"; sinks: {cpus.describe()}"),
+                      flush=True)  # fmt: skip
+                runs = [run("bridge", plan, work / "bridge", fleet, workers=args.workers)]
+            else:
+                print(f"bench.load: {plan.calls} calls × {plan.duration_s:g} s against the bridge"
+                      + ("" if args.no_sink else ", then the bare sinks") + f"; {cpus.describe()}",
+                      flush=True)  # fmt: skip
+                runs = [run("bridge", plan, work / "bridge", cpus)]
             if not args.no_sink:
                 runs.append(run("sink", plan, work / "sink", cpus))
                 runs.append(run("sink-asgi", plan, work / "sink-asgi", cpus))

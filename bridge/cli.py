@@ -79,15 +79,15 @@ def serve_command(args: argparse.Namespace) -> int:
         settings = Settings.from_env(os.environ, development=args.dev)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"bridge: configuration error: {problem}", file=sys.stderr)
+            say(f"bridge: configuration error: {problem}")
         return 2
     configure(settings.log_format)
     if args.workers > 1:
         if not settings.database_url:
-            print("bridge: configuration error: --workers needs BRIDGE_DATABASE_URL (a shared ledger)", file=sys.stderr)
+            say("bridge: configuration error: --workers needs BRIDGE_DATABASE_URL (a shared ledger)")
             return 2
         if settings.development and not settings.has_eka_credentials:
-            print("bridge: configuration error: --workers needs Eka credentials (no dev emulator)", file=sys.stderr)
+            say("bridge: configuration error: --workers needs Eka credentials (no dev emulator)")
             return 2
         return Supervisor(args, settings).run()
     if settings.development and not settings.has_eka_credentials:
@@ -100,8 +100,8 @@ def serve_command(args: argparse.Namespace) -> int:
             "set EKA_CLIENT_ID + EKA_CLIENT_SECRET (or EKA_ACCESS_TOKEN) to use the real API",
         )
     public = settings.public_url or f"http://{args.host}:{args.port}"
-    print(f"bridge: Twilio stream URL {stream_url(public, '/twilio/stream')}", file=sys.stderr)
-    print(f"bridge: Twilio voice webhook (POST) {public}/twilio/voice", file=sys.stderr)
+    say(f"bridge: Twilio stream URL {stream_url(public, '/twilio/stream')}")
+    say(f"bridge: Twilio voice webhook (POST) {public}/twilio/voice")
 
     from bridge.app import Bridge
     from bridge.server.inline_ws import InlineTextProtocol
@@ -129,6 +129,13 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     DrainingServer(config, bridge).run(sockets=sockets)
     return 0
+
+
+def say(line: str) -> None:
+    """One line to stderr in one write: the workers of ``--workers`` share it, and a line
+    written in two pieces could be split by another's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def internal_host(internal_url: str | None, host: str) -> str:
@@ -166,11 +173,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.workers = [self._start(sock) for _ in range(self.args.workers)]
-        print(
+        say(
             f"bridge: {self.args.workers} workers on {self.args.host}:{self.args.port}"
-            f" (pids {' '.join(str(w.pid) for w in self.workers)})",
-            file=sys.stderr,
-            flush=True,
+            f" (pids {' '.join(str(w.pid) for w in self.workers)})"
         )
         codes: list[int] = []
         while self.workers:
@@ -184,11 +189,11 @@ class Supervisor:
             if self.stopping:
                 codes.append(code)
             elif time.monotonic() - self.started[pid] < STARTUP_S:  # it never got going (the database?)
-                print(f"bridge: worker {pid} failed at start-up ({code}); stopping", file=sys.stderr, flush=True)
+                say(f"bridge: worker {pid} failed at start-up ({code}); stopping")
                 codes.append(code or 1)
                 self._on_signal(signal.SIGTERM, None)
             else:  # a crash: its calls' sessions are ended by the fleet once its lease runs out
-                print(f"bridge: worker {pid} exited ({code}); starting another", file=sys.stderr, flush=True)
+                say(f"bridge: worker {pid} exited ({code}); starting another")
                 time.sleep(RESTART_DELAY_S)
                 self.workers.append(self._start(sock))
         sock.close()
@@ -238,7 +243,7 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:  # the port is bound: say so (process supervisors and tests wait for this)
-            print(f"bridge: listening on {self.config.host}:{self.config.port}", file=sys.stderr, flush=True)
+            say(f"bridge: listening on {self.config.host}:{self.config.port}")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is None:
@@ -248,10 +253,10 @@ class DrainingServer(uvicorn.Server):
 
     def _on_signal(self, sig: int) -> None:
         if self._draining is None:
-            print(f"bridge: signal {sig}: draining calls (a second signal finalizes them now)", file=sys.stderr)
+            say(f"bridge: signal {sig}: draining calls (a second signal finalizes them now)")
             self._draining = asyncio.create_task(self._drain_then_exit())
         else:
-            print(f"bridge: signal {sig}: finalizing active calls now", file=sys.stderr)
+            say(f"bridge: signal {sig}: finalizing active calls now")
             self._skip_wait.set()
 
     async def _drain_then_exit(self) -> None:
@@ -283,7 +288,7 @@ def _start_dev_emulator(host: str, port: int) -> str:
 
 def _banner(*lines: str) -> None:
     width = max(len(line) for line in lines) + 4
-    print("!" * width, file=sys.stderr)
+    say("!" * width)
     for line in lines:
-        print(f"! {line.ljust(width - 4)} !", file=sys.stderr)
-    print("!" * width, file=sys.stderr)
+        say(f"! {line.ljust(width - 4)} !")
+    say("!" * width)

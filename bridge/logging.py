@@ -54,6 +54,6 @@ def configure(log_format: str = "json", stream: TextIO | None = None, level: int
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),  # line and newline in one write
         cache_logger_on_first_use=True,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from websockets.frames import Opcode
 from websockets.protocol import OPEN, SERVER, Protocol
 
-from bench.load import Cpus, Plan, delivery_lags_ms, run
+from bench.load import Cpus, Plan, Service, delivery_lags_ms, report, run
 from bench.loadgen import FRAME_BYTES, Templates, frame
 from bench.proc import CoreTimes, cpu_seconds, percentile, rss_kb
 from bridge.audio.resample import HALF_SPAN
@@ -23,6 +24,7 @@ from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.providers.twilio.stream import media_message
 from tests.harness import running
 from tests.live.test_call import ulaw_call
+from tests.postgres import binaries
 
 
 def received_frames(data: bytes) -> list[tuple[Opcode, bytes]]:
@@ -144,3 +146,52 @@ def test_both_floors_read_every_call_to_its_stop(tmp_path: Path, sink: str) -> N
     figures = run(sink, Plan(calls=3, duration_s=4.0, tracks=1, ramp_rate=100), tmp_path, Cpus())
     assert not figures.errors and figures.failed_calls == 0
     assert figures.frames_sent == 3 * 200 and figures.media_messages > 0 and figures.us_per_message > 0
+
+
+def test_workers_share_out_cpus_and_say_when_the_load_shares_theirs() -> None:
+    assert Cpus.fleet(2, [0, 1, 2]).workers == (0, 1) and Cpus.fleet(2, [0, 1, 2]).load_list == (2,)
+    two = Cpus.fleet(2, [0, 1])
+    assert two.workers == (0, 1) and two.load_list == (0, 1) and two.shared
+    assert "worker 1 on CPU 0, worker 2 on CPU 1" in two.describe() and "competes" in two.describe()
+    assert Cpus.fleet(3, [0, 1]).workers == (0, 1, 0)
+
+
+def test_two_processes_on_one_line_count_twice(tmp_path: Path) -> None:
+    """A fleet's workers share one output and a print is two writes, so two workers' lines can
+    land on one: waiting for N of them counts what was printed, not lines."""
+    program = "print('bridge: listening on 1bridge: listening on 1'); print(); print('bridge: listening on 1')"
+    service = Service("two", [sys.executable, "-c", program], cpus=None, env=dict(os.environ), log=tmp_path / "log",
+                      ready="bridge: listening on")  # fmt: skip
+    assert len(service.wait_for("bridge: listening on", 3, 10)) == 2
+    with pytest.raises(RuntimeError, match="printed 3 of 4 times"):
+        service.wait_for("bridge: listening on", 4, 10)  # the process has ended: no waiting
+    service.stop()
+
+
+@pytest.mark.skipif(binaries() is None, reason="no PostgreSQL server binaries (initdb): `make postgres` installs them")
+def test_a_tiny_run_of_two_workers_behind_one_port_reports_each(tmp_path: Path) -> None:
+    """Four calls through `bridge serve --workers 2` on a PostgreSQL ledger: nothing lost, and
+    each worker's own figures (from its internal port's /metrics and /proc) add up to the fleet's."""
+    figures = run("bridge", Plan(calls=4, duration_s=4.0, tracks=1, ramp_rate=100), tmp_path, Cpus(), workers=2)
+    assert not figures.errors and figures.failed_calls == 0
+    assert figures.frames_sent == 4 * 200 and figures.lost_frames == 0 and figures.calls_short == 0
+    assert figures.ends_missing == 0 and figures.passed
+    assert len(figures.workers) == 2 and len({w.pid for w in figures.workers}) == 2
+    assert sum(w.calls[0] for w in figures.workers) == 4  # every call on one worker or the other
+    messages = sum(w.media_messages for w in figures.workers)
+    # The workers count per 100 ms batch, the generator per message: a batch or so per call per edge.
+    assert abs(messages - figures.media_messages) <= 4 * 2 * 10
+    for w in figures.workers:
+        assert w.rss_loaded_kb > 0 and w.loop_lag_ms[1] > 0  # probed on its own internal port
+        if w.calls[0]:
+            assert w.media_messages > 0 and w.cpu_pct > 0 and w.us_per_message > 0
+        else:  # the kernel gave it no call (possible with four)
+            assert w.media_messages == 0
+    assert figures.cpu_pct == pytest.approx(sum(w.cpu_pct for w in figures.workers))
+    lines: list[str] = []
+    report([figures], Cpus(), out=lines.append)
+    text = "\n".join(lines)
+    assert "bridge (2 workers)" in text and "supervisor: CPU" in text
+    for w in figures.workers:
+        assert any(line.startswith(f"worker {w.number} ") and f" {w.pid} " in line for line in lines)
+    assert any(line.startswith("all workers ") for line in lines)
