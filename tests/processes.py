@@ -64,6 +64,8 @@ class BridgeProcess:
             **({"BRIDGE_DATABASE_URL": ledger} if ledger.startswith("postgresql") else {"BRIDGE_LEDGER_PATH": ledger}),
             "BRIDGE_LOG_FORMAT": "json",
             "EKA_BACKOFF_BASE_S": "0.02",
+            # Under `make test`, coverage measures this process too (pyproject: patch = subprocess).
+            **{k: v for k, v in os.environ.items() if k == "COVERAGE_PROCESS_CONFIG"},
             **env,
         }
         proc = await asyncio.create_subprocess_exec(
