@@ -120,9 +120,7 @@ async def test_a_duplicate_stream_for_a_live_call_on_the_other_process_is_refuse
         )
         await emulator.wait_for(audio_arrived(emulator, 0.3), 15)
         # In real time, as Twilio streams: the refusal comes back long before it would end.
-        duplicate = await replay(
-            b.stream_url, twilio_messages(call, ulaw_call(1.0)), pace=1.0, auth_token=TWILIO_TOKEN
-        )
+        duplicate = await replay(b.stream_url, twilio_messages(call, ulaw_call(1.0)), pace=1.0, auth_token=TWILIO_TOKEN)
         original = await asyncio.wait_for(calling, 10)
         await emulator.wait_for(lambda: only_session(emulator).ended_at is not None, 10)
         (refused,) = await a.wait_for_event("twilio_rejected", 5)
