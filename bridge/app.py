@@ -40,7 +40,7 @@ from bridge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bridge.metrics import Metrics
 from bridge.providers import build_providers
 from bridge.providers.base import Provider, Refused, StreamEndpoint
-from bridge.providers.events import Media, ProtocolError, StreamEvent, StreamStart
+from bridge.providers.events import MAX_ID_CHARS, Media, ProtocolError, StreamEvent, StreamStart, bounded
 from bridge.server.inline_ws import EXTENSION as INLINE_TEXT
 from bridge.server.request_timeout import RequestTimeoutProtocol
 
@@ -535,6 +535,7 @@ class Bridge:
 
     async def end_call(self, provider: str, call_id: str, reason: str) -> bool:
         """End a call now (a hang-up webhook), wherever in the fleet it runs."""
+        call_id = bounded(call_id, MAX_ID_CHARS)  # as the stream's ``start`` had it
         if await self._end_local_call(provider, call_id, reason):
             return True
         if await self.ledger.owner_of_call(provider, call_id) is None:

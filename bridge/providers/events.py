@@ -2,7 +2,8 @@
 
 Every string here came off the wire. The events that are kept (a call's ``start``, an
 unknown event's name) cut theirs to the bounds below as they are made, in this one place for
-every provider, so nothing hostile is logged, stored or sent to Eka at full length.
+every provider, so nothing hostile is logged, stored or sent to Eka at full length; NUL
+characters are dropped too (a PostgreSQL text column cannot hold one).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ MAX_PARAM_KEY_CHARS = 64
 MAX_PARAM_VALUE_CHARS = 256
 #: Encoding names, event names and error details.
 MAX_LABEL_CHARS = 40
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` without NUL characters, cut to ``limit`` characters."""
+    return text.replace("\x00", "")[:limit]
 
 
 @dataclass(frozen=True)
@@ -47,15 +53,20 @@ class StreamStart:
 
     def __post_init__(self) -> None:
         cut = object.__setattr__  # frozen: the bounds apply once, as the event is made
-        cut(self, "call_id", self.call_id[:MAX_ID_CHARS])
-        cut(self, "stream_id", self.stream_id[:MAX_ID_CHARS])
-        cut(self, "account_id", self.account_id[:MAX_ID_CHARS])
-        cut(self, "tracks", tuple(t[:MAX_TRACK_CHARS] for t in self.tracks[:MAX_LISTED_TRACKS]))
+        cut(self, "call_id", bounded(self.call_id, MAX_ID_CHARS))
+        cut(self, "stream_id", bounded(self.stream_id, MAX_ID_CHARS))
+        cut(self, "account_id", bounded(self.account_id, MAX_ID_CHARS))
+        cut(self, "tracks", tuple(bounded(t, MAX_TRACK_CHARS) for t in self.tracks[:MAX_LISTED_TRACKS]))
         fmt = self.media_format
-        if len(fmt.encoding) > MAX_LABEL_CHARS:
-            cut(self, "media_format", MediaFormat(fmt.encoding[:MAX_LABEL_CHARS], fmt.sample_rate, fmt.channels))
+        encoding = bounded(fmt.encoding, MAX_LABEL_CHARS)
+        if encoding != fmt.encoding:
+            cut(self, "media_format", MediaFormat(encoding, fmt.sample_rate, fmt.channels))
         params = list(self.custom_parameters.items())[:MAX_PARAMS]
-        cut(self, "custom_parameters", {k[:MAX_PARAM_KEY_CHARS]: v[:MAX_PARAM_VALUE_CHARS] for k, v in params})
+        cut(
+            self,
+            "custom_parameters",
+            {bounded(k, MAX_PARAM_KEY_CHARS): bounded(v, MAX_PARAM_VALUE_CHARS) for k, v in params},
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ class Unknown:
     event: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "event", self.event[:MAX_LABEL_CHARS])
+        object.__setattr__(self, "event", bounded(self.event, MAX_LABEL_CHARS))
 
 
 StreamEvent = Connected | StreamStart | Media | Mark | Dtmf | StreamStop | Unknown

@@ -191,6 +191,19 @@ async def test_ids_and_names_from_the_wire_are_cut_everywhere_they_go(tmp_path: 
     assert listing.status_code == 200 and len(listing.content) < 16 * 1024
 
 
+async def test_ids_with_nul_characters_are_recorded_without_them(tmp_path: Path) -> None:
+    """JSON may carry ``\u0000``; a PostgreSQL text column cannot: the id is kept without it."""
+    async with running(tmp_path, emulator_options=QUICK_FLUSH) as h:
+        call = TwilioCall(call_sid="CA\x00" + "f" * 32)
+        await replay(h.twilio_url, plan_messages(call, ulaw_call(0.5)), pace=25)
+        (summary,) = await h.bridge.calls.wait_finished(1, 20)
+        records = await h.bridge.ledger.call_records(call_sid="CA" + "f" * 32)
+
+    assert summary["call_sid"] == "CA" + "f" * 32 and summary["end_status"] == "ended"
+    assert len(records) == 1 and len(records[0]["sessions"]) == 1
+    assert_processed_whole(h.only_session())
+
+
 async def test_a_socket_that_never_starts_is_closed_and_counted(tmp_path: Path) -> None:
     async with running(tmp_path, emulator_options=QUICK_FLUSH, start_timeout_s=0.3) as h:
         result = await replay(h.twilio_url, [(0.0, {"event": "connected"})], close_after=False, server_close_timeout=5)
