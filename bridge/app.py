@@ -514,7 +514,11 @@ class Bridge:
             if waiting is not None:  # live on another socket: a second stream never opens a second session
                 call.refused = "duplicate_call"
                 return call
-            owner = await self.ledger.owner_of_call(provider.name, event.call_id)
+            try:
+                owner = await self.ledger.owner_of_call(provider.name, event.call_id)
+            except Exception:  # the ledger is away: carry the call here rather than lose it
+                call.log.exception("fleet_owner_lookup_failed")
+                owner = None
             if owner is not None:  # another process of the fleet carries this call
                 return RelayToOwner(owner, event, text)
         self._apply(call, event)
