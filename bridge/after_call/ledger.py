@@ -596,6 +596,19 @@ class Ledger:
 
         return await self._store.run(claim)
 
+    async def next_orphan_in(self, *, settle_s: float) -> float | None:
+        """Seconds until the next session of a dead process becomes claimable (its owner's lease
+        expired less than ``settle_s`` ago), or None. The sweeper sleeps no longer than this: a
+        process that died before this one ever saw it alive wakes no one."""
+        now = time.time()
+        rows = await self._rows(
+            "SELECT min(m.lease_until) AS expired FROM sessions s JOIN members m ON m.boot_id = s.boot_id"
+            f" WHERE s.state != '{SessionState.ENDED}' AND m.lease_until <= ? AND m.lease_until > ?",
+            (now, now - settle_s),
+        )
+        expired = rows[0]["expired"] if rows else None
+        return None if expired is None else max(0.0, float(expired) + settle_s - now)
+
     async def unsettled_count(self) -> int:
         """Sessions waiting for an End anywhere in the fleet (pending, or left by a dead process)."""
         rows = await self._rows(

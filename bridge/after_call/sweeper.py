@@ -46,7 +46,7 @@ class Sweeper:
                 await self.sweep_once()
             except Exception:  # the sweeper must outlive any one bad row or ledger hiccup
                 self.log.exception("sweep_failed")
-            await self._pause(self.interval_s)
+            await self._pause(await self._next_pause())
 
     def wake(self) -> None:
         self._wake.set()
@@ -73,6 +73,15 @@ class Sweeper:
         self.settled += settled
         self.metrics.ends_pending.set(await self.ledger.unsettled_count())
         return settled
+
+    async def _next_pause(self) -> float:
+        """The interval, or less when a dead process's session settles sooner."""
+        try:
+            due = await self.ledger.next_orphan_in(settle_s=self.settle_s)
+        except Exception:
+            self.log.exception("sweep_failed")
+            return self.interval_s
+        return self.interval_s if due is None else min(self.interval_s, due + 0.05)
 
     async def _pause(self, seconds: float) -> None:
         self._wake.clear()

@@ -360,3 +360,31 @@ async def test_a_calls_last_result_and_its_end_recorded_at_once_make_exactly_one
         await ledger.close()
     assert len([m for m in made if m]) == 20  # one per call, from whichever landed second
     assert sorted(d.call_sid for d in due) == sorted(f"CA-race-{i}" for i in range(20))
+
+
+async def test_a_dead_process_the_sweeper_never_saw_alive_is_swept_once_its_lease_has_settled(
+    tmp_path: Path,
+) -> None:
+    """A process that died before this one joined wakes no one: the ledger says when its
+    sessions become claimable (lease expiry + settle), and not a moment before."""
+    path = str(tmp_path / "ledger.db")
+    url = postgres.database_url()
+    crashed = Ledger(open_store(database_url=url, sqlite_path=path), boot_id="crashed", lease_ttl_s=0.05)
+    await crashed.open()
+    await crashed.call_started("CA-left", "twilio")
+    await crashed.session_opened("ses_left_0000000001", "CA-left", "twilio", 1)  # then it died: no close
+
+    ledger = Ledger(open_store(database_url=url, sqlite_path=path), boot_id="now")
+    await ledger.open()
+    try:
+        while (due := await ledger.next_orphan_in(settle_s=1.0)) is None:  # the lease runs out in 50 ms
+            await asyncio.sleep(0.01)
+        early = await ledger.claim_unsettled(settle_s=1.0)
+        await asyncio.sleep(due + 0.05)
+        claimed = await ledger.claim_unsettled(settle_s=1.0)
+        after = await ledger.next_orphan_in(settle_s=1.0)
+    finally:
+        await ledger.close()
+    assert 0.5 < due <= 1.0 and early == []
+    assert [row.session_id for row in claimed] == ["ses_left_0000000001"] and claimed[0].boot_id == "crashed"
+    assert after is None  # the session is this process's now
