@@ -111,6 +111,8 @@ async def running(
         async with serve(
             bridge.app, ws_max_size=bridge.settings.ws_max_bytes, http=bridge.http_protocol()
         ) as bridge_url:
+            async with httpx.AsyncClient(timeout=10) as http:  # answered once its start-up has run:
+                (await http.get(bridge_url + "/healthz")).raise_for_status()  # the ledger is open
             yield Harness(emulator, bridge, eka_url, bridge_url, logs)
 
 
