@@ -66,6 +66,7 @@ class Metrics:
             ["provider", "outcome", "end_reason"],
             registry=r,
         )
+        self._relay_children: dict[str, tuple[Any, ...]] = {}
         self.frames = Counter("bridge_media_frames", "Telephony media frames received.", ["provider"], registry=r)
         self.bytes_in = Counter(
             "bridge_media_bytes", "Telephony audio payload bytes received (decoded).", ["provider"], registry=r
@@ -173,12 +174,18 @@ class Metrics:
 
     def relayed(self, provider: str, *, frames: int, bytes_in: int, bytes_out: int, lag_s: float | None) -> None:
         """One upstream batch sent (or the call's final tally): frames and bytes since the last one."""
+        children = self._relay_children.get(provider)
+        if children is None:  # one per provider (a fixed set): no label lookup per batch
+            children = (self.frames.labels(provider), self.bytes_in.labels(provider))
+            children += (self.bytes_relayed.labels(provider),)
+            self._relay_children[provider] = children
+        frame_count, in_count, out_count = children
         if frames:
-            self.frames.labels(provider).inc(frames)
+            frame_count.inc(frames)
         if bytes_in:
-            self.bytes_in.labels(provider).inc(bytes_in)
+            in_count.inc(bytes_in)
         if bytes_out:
-            self.bytes_relayed.labels(provider).inc(bytes_out)
+            out_count.inc(bytes_out)
         if lag_s is not None:
             self.relay_lag.observe(max(0.0, lag_s))
 

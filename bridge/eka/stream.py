@@ -20,9 +20,15 @@ from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+from websockets.protocol import State
 
 #: What a broken or refused upstream socket can raise.
 UPSTREAM_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException)
+#: Bytes a socket may hold unsent before ``send_now`` declines (websockets' own default
+#: high-water mark): past it, the relay awaits ``send``, which waits for the drain.
+WRITE_LIMIT = 32 * 1024
+_MEDIA_HEAD = b'{"event":"media","media":{"payload":"'
+_MEDIA_TAIL = b'"}}'
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,34 @@ class UpstreamStream:
         return stream
 
     async def send(self, pcm: bytes) -> None:
+        """Send one batch, waiting while the socket's buffer is over its limit."""
         if self._json:
-            payload = base64.b64encode(pcm).decode("ascii")
-            await self._ws.send(json.dumps({"event": "media", "media": {"payload": payload}}))
+            await self._ws.send(self._media_frame(pcm).decode("ascii"))
         else:
             await self._ws.send(pcm)
+
+    def ready(self) -> bool:
+        """Whether ``send_now`` may write a batch: the socket is open and not backed up."""
+        ws = self._ws
+        return ws.protocol.state is State.OPEN and ws.transport.get_write_buffer_size() <= WRITE_LIMIT
+
+    def send_now(self, pcm: bytes) -> None:
+        """Write one batch at once, without waiting (after ``ready``): the media path sends
+        the steady state itself, through websockets' sans-I/O protocol, instead of waking a
+        task per batch. Raises like ``send`` if the connection has failed."""
+        protocol = self._ws.protocol
+        if self._json:
+            protocol.send_text(self._media_frame(pcm))
+        else:
+            protocol.send_binary(pcm)
+        transport = self._ws.transport
+        for data in protocol.data_to_send():
+            transport.write(data)
+
+    @staticmethod
+    def _media_frame(pcm: bytes) -> bytes:
+        """The JSON media envelope, built as bytes: base64 needs no JSON escaping."""
+        return _MEDIA_HEAD + base64.b64encode(pcm) + _MEDIA_TAIL
 
     async def finish(self, *, flush_wait_s: float, close_timeout_s: float, reason: str = "call ended") -> Finished:
         """Send ``stop`` (a text frame in both wire modes) and wait up to ``flush_wait_s`` for the

@@ -204,6 +204,10 @@ class Call:
         self._batch_bytes = max(2, int(settings.batch_ms * BYTES_PER_SECOND / 1000) // 2 * 2)
         self.parts: list[SessionPart] = []
         self.relay: asyncio.Task[None] | None = None
+        #: Set while the relay is parked in the steady state: the media path sends full batches
+        #: into this part's socket itself (``_send_direct``).
+        self._direct: tuple[SessionPart, UpstreamStream] | None = None
+        self._direct_failure: Exception | None = None  # a direct send failed: the relay handles it
         self.stopped = False
         #: Why this socket must be closed at once (its ``start`` was refused), or None.
         self.refused: str | None = None
@@ -365,6 +369,36 @@ class Call:
                 )
             elif self._dropping and len(self.queue) < self.queue.max_bytes // 2:
                 self._dropping = False
+            if self._direct is not None and len(self.queue) >= self._batch_bytes:
+                self._send_direct()
+
+    def _send_direct(self) -> None:
+        """Send the full batches now, from the media path (the relay is parked): no task
+        wake-up per batch. A socket that is backed up, closed or failing is handed back to
+        the relay, which awaits it (the drain, or the reconnect with the replay)."""
+        assert self._direct is not None
+        part, upstream = self._direct
+        while len(self.queue) >= self._batch_bytes:
+            if not upstream.ready():
+                break
+            batch = self.queue.take(self._batch_bytes)
+            assert batch is not None
+            self.replay.append(batch)  # first: a batch whose send fails is re-sent too
+            try:
+                upstream.send_now(batch)
+            except Exception as exc:  # the relay raises it where it handles upstream errors
+                self._direct_failure = exc
+                break
+            self._sent(part, batch)
+        else:
+            return
+        self._direct = None
+        self.queue.wake()
+
+    def _sent(self, part: SessionPart, batch: bytes) -> None:
+        part.streamed_bytes += len(batch)
+        self.relayed_bytes += len(batch)
+        self._report(len(batch), self.queue.batch_arrived_at)
 
     # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
 
@@ -473,6 +507,9 @@ class Call:
                         following = await self._roll_over(part, upstream)
                         if following is not None or part.end_task is not None:
                             return following  # the next part, or none: out of time, given up
+                    if not self.queue.closed and upstream.ready():
+                        await self._park(part, upstream)  # the steady state: the media path sends
+                        continue
                     try:
                         async with asyncio.timeout_at(part.rollover_at if not self.queue.closed else None):
                             batch = await self.queue.next_batch(self._batch_bytes)
@@ -482,9 +519,7 @@ class Call:
                         break
                     self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
-                    part.streamed_bytes += len(batch)
-                    self.relayed_bytes += len(batch)
-                    self._report(len(batch), self.queue.batch_arrived_at)
+                    self._sent(part, batch)
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()
@@ -497,6 +532,25 @@ class Call:
                 continue
             self._retire(part, upstream)
             return None
+
+    async def _park(self, part: SessionPart, upstream: UpstreamStream) -> None:
+        """Let the media path send into ``upstream`` until something needs the relay: the call's
+        end (the queue closed), the rollover time, a socket backed up or failed."""
+        self._direct = (part, upstream)
+        try:
+            self._send_direct()  # what queued up while the relay was busy
+            if self._direct is not None:
+                async with asyncio.timeout_at(part.rollover_at):
+                    await self.queue.parked()
+        except TimeoutError:
+            pass  # time to roll over
+        finally:
+            self._direct = None
+        failure, self._direct_failure = self._direct_failure, None
+        if isinstance(failure, UPSTREAM_ERRORS):
+            raise failure
+        if failure is not None:  # e.g. a transport that refuses writes once closed
+            raise ConnectionError(f"send failed: {type(failure).__name__}") from failure
 
     async def _roll_over(self, part: SessionPart, upstream: UpstreamStream) -> SessionPart | None:
         """``part`` expires soon: open the next session and retire this one while it is valid.

@@ -14,6 +14,9 @@ import asyncio
 import time
 from collections import deque
 
+#: A wanted size no queue reaches: puts never wake a parked writer.
+END = 1 << 62
+
 
 class PcmQueue:
     def __init__(self, max_bytes: int) -> None:
@@ -75,13 +78,29 @@ class PcmQueue:
             self._want = size
             self._ready.clear()
             await self._ready.wait()
-        if not self._buf:
+        return self.take(size)
+
+    def take(self, size: int) -> bytes | None:
+        """``size`` bytes now (fewer only once closed), or None if not that many are here."""
+        if not self._buf or (len(self._buf) < size and not self._closed):
             return None
         self.batch_arrived_at = self._marks[0][1] if self._marks else None
         batch = bytes(self._buf[:size])
         del self._buf[:size]
         self._advance(len(batch))
         return batch
+
+    async def parked(self) -> None:
+        """Wait until the queue is closed or ``wake`` is called; puts do not end the wait
+        (while the writer is parked, whoever puts sends the batches: ``take``)."""
+        if self._closed:
+            return
+        self._want = END
+        self._ready.clear()
+        await self._ready.wait()
+
+    def wake(self) -> None:
+        self._ready.set()
 
     def _advance(self, removed: int) -> None:
         """``removed`` bytes left the front: forget the arrival marks of puts now wholly gone."""

@@ -4,7 +4,6 @@ Each provider module parses its own shapes with these; none of them knows a prov
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 import re
@@ -60,10 +59,12 @@ def optional_int(value: Any) -> int | None:
 def payload(body: dict[str, Any]) -> bytes:
     """The decoded ``payload`` of a media object, or ProtocolError."""
     encoded = body.get("payload")
-    if not isinstance(encoded, str):
+    if type(encoded) is not str:
         raise ProtocolError("bad_media", "payload missing")
     try:
-        return base64.b64decode(encoded, validate=True)
+        # Strict: only the base64 alphabet, padded right (``b64decode(validate=True)`` checks
+        # the same with a regex first, for a third more time per frame).
+        return binascii.a2b_base64(encoded, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("bad_base64") from None
 
@@ -79,13 +80,24 @@ def track_name(value: Any) -> str:
 def media(msg: dict[str, Any]) -> Media:
     """A ``media`` message in the Media-Streams shape every provider here shares:
     ``media{track, payload (base64), timestamp (ms), chunk}``."""
-    body = nested(msg, "media")
+    body = msg.get("media")
+    if type(body) is not dict:
+        raise ProtocolError("bad_message", "media without media object")
+    track = body.get("track")
+    timestamp = body.get("timestamp")  # ms; the mixer's origin is the first
+    chunk = body.get("chunk")
     return Media(
-        track=track_name(body.get("track")),
-        payload=payload(body),
-        timestamp_ms=optional_int(body.get("timestamp")),  # ms; the mixer's origin is the first
-        chunk=optional_int(body.get("chunk")),
+        track if track == "inbound" or track == "outbound" else track_name(track),
+        payload(body),
+        # Twilio sends numeric strings; the common shapes skip optional_int's general case.
+        int(timestamp) if type(timestamp) is str and _short_decimal(timestamp) else optional_int(timestamp),
+        int(chunk) if type(chunk) is str and _short_decimal(chunk) else optional_int(chunk),
     )
+
+
+def _short_decimal(text: str) -> bool:
+    """Digits only, and few enough that ``int`` is cheap (it refuses over 4300)."""
+    return len(text) < 20 and text.isdecimal()
 
 
 def xml_safe(text: str) -> str:

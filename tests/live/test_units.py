@@ -171,6 +171,25 @@ async def test_a_batch_waits_for_its_size_and_knows_when_its_audio_arrived() -> 
     assert queue.batch_arrived_at is not None
 
 
+async def test_a_parked_writer_sleeps_through_puts_and_wakes_on_close_or_wake() -> None:
+    """While the relay is parked, the media path takes whole batches itself: puts must not wake it."""
+    queue = PcmQueue(100)
+    parked = asyncio.create_task(queue.parked())
+    await asyncio.sleep(0)
+    queue.put(b"abcdef")
+    await asyncio.sleep(0)
+    assert not parked.done()
+    assert queue.take(4) == b"abcd" and queue.take(4) is None  # not a whole batch: left for later
+    queue.wake()
+    await asyncio.wait_for(parked, 1)
+    parked = asyncio.create_task(queue.parked())
+    await asyncio.sleep(0)
+    queue.close()
+    await asyncio.wait_for(parked, 1)
+    assert queue.take(4) == b"ef"  # once closed, the tail goes too
+    await asyncio.wait_for(queue.parked(), 1)  # closed: returns at once
+
+
 # -- the socket's limits -----------------------------------------------------------------------------
 
 
