@@ -2,7 +2,8 @@
 
 Run: ``python -m bench.fidelity`` (or ``make bench``). Every resampler is fed the
 same μ-law-decoded audio in 20 ms frames with its state carried, then flushed;
-figures are measured in the same run, with ratios against ``audioop.ratecv``.
+figures are measured in the same run, with ratios against ``audioop.ratecv``. It exits 0
+whatever the figures: a missed target is printed, not turned into a failed build.
 
 - SI-SNR: against soxr VHQ run once over the whole signal (the ideal reference),
   on a speech-like synthetic signal and on the committed sample recording.
@@ -256,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\nsignal: {args.seconds:.0f} s speech-like synthetic via μ-law; sample: {SAMPLE.name}"
         f"{'' if sample is not None else ' (missing)'}; reference: soxr VHQ one-shot"
     )
-    return 0 if all(TARGETS[k][2](getattr(ours, k)) for k in TARGETS) else 1
+    missed = [TARGETS[k][0] for k in TARGETS if not TARGETS[k][2](getattr(ours, k))]
+    print("targets: all met" if not missed else f"targets missed: {'; '.join(missed)}")
+    return 0  # a benchmark reports; it does not fail the build
 
 
 if __name__ == "__main__":

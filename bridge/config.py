@@ -48,7 +48,7 @@ class Settings:
     session_mode: str = "consultation"
     param_routes: tuple[ParamRoute, ...] = (ParamRoute("patient_oid", "patient_details", "oid"),)
     stream_format: str = "json"
-    batch_ms: int = 100
+    batch_ms: int = 200
     buffer_max_s: float = 60.0
     upstream_close_timeout_s: float = 10.0
     flush_wait_s: float = 30.0
@@ -137,7 +137,7 @@ class Settings:
             session_mode=r.choice("EKA_SESSION_MODE", SESSION_MODES, "consultation") or "consultation",
             param_routes=r.param_routes("BRIDGE_CALL_PARAMS", "patient_oid=patient_details.oid"),
             stream_format=r.choice("EKA_STREAM_FORMAT", STREAM_FORMATS, "json") or "json",
-            batch_ms=int(r.number("BRIDGE_BATCH_MS", 100, 20, 1000)),
+            batch_ms=int(r.number("BRIDGE_BATCH_MS", 200, 20, 1000)),
             buffer_max_s=r.number("BRIDGE_BUFFER_MAX_S", 60.0, 1, 3600),
             upstream_close_timeout_s=r.number("BRIDGE_UPSTREAM_CLOSE_TIMEOUT_S", 10.0, 0.1, 120),
             flush_wait_s=r.number("BRIDGE_FLUSH_WAIT_S", 30.0, 0.1, 600),

@@ -6,7 +6,7 @@ The flow:
    never waits on EkaScribe: audio is decoded, placed on the per-track
    timelines, mixed, and put in a bounded PCM queue.
 2. On the first audio a background relay creates the Eka session, connects to its
-   ``upload_url`` and sends the queue in ~100 ms batches. Audio that arrives
+   ``upload_url`` and sends the queue in ~200 ms batches. Audio that arrives
    before the upstream is ready waits in the queue. Before a session expires the
    relay moves the call to a new one (a rollover); after a lost socket, to a
    continuation.
