@@ -318,8 +318,9 @@ class Call:
             return
         self.media_frames += 1
         self.media_bytes += len(media.payload)
-        if not self.mixer.accepts(media.track):
-            self.mixer.push(media.track, media.timestamp_ms, media.payload)  # counted, nothing kept
+        mixer = self.mixer
+        if media.track not in mixer.tracks and not mixer.accepts(media.track):
+            mixer.push(media.track, media.timestamp_ms, media.payload)  # counted, nothing kept
             return
         if media.chunk is not None:
             # Placement is by timestamp; chunk numbers only tell of trouble upstream. Whether
@@ -343,7 +344,7 @@ class Call:
                 return
             self._decide_byte_order(decision)
             return
-        self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
+        self._queue(mixer.push(media.track, media.timestamp_ms, media.payload))
 
     def _decide_byte_order(self, order: str) -> None:
         """Decode every held frame (all tracks, in arrival order) with the order now known."""
