@@ -176,3 +176,16 @@ async def test_workers_need_a_shared_ledger(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 2
     assert b"--workers needs BRIDGE_DATABASE_URL" in err
+
+
+async def test_a_serving_process_freezes_start_up_out_of_the_collector() -> None:
+    """Full collections scanned every long-lived object, a pause that grew with the calls: a
+    process that serves freezes what start-up made and collects young objects less often."""
+    script = (
+        "import gc; from bridge.cli import GC_YOUNG_THRESHOLD, quiet_collector; "
+        "before = gc.get_freeze_count(); quiet_collector(); "
+        "print(before, gc.get_freeze_count() > 1000, gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert out.split() == [b"0", b"True", b"True"]
