@@ -73,6 +73,9 @@ class _Passthrough:
     def process(self, frame: np.ndarray) -> np.ndarray:
         return frame.astype(np.float32)
 
+    def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.float32)
+
     def flush(self) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
 
@@ -200,7 +203,7 @@ class Track:
         """Resample everything placed so far, in one pass, onto ``pending``."""
         if self._unrendered:
             parts, self._unrendered = self._unrendered, []
-            self._append(self.resampler.process(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+            self._append(self.resampler.process_parts(parts))
 
     def _play(self, *, force_until: int | None = None) -> None:
         """Feed waiting frames in timeline order while they are contiguous, or the wait is over,
@@ -397,7 +400,7 @@ class Mixer:
         self._mixed += ready
         if len(tracks) == 1:
             (only,) = tracks
-            out = to_int16(only.pending[:ready])
+            out = to_int16(only.pending[:ready], in_place=True)  # pending is the track's own, about to be dropped
             only.take(ready)
             return out
         total = np.zeros(ready, dtype=np.float64)

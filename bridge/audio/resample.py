@@ -68,12 +68,19 @@ class Upsampler2x:
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         """Upsample one frame of int16 samples; returns float32 samples (2 per input, delayed)."""
+        return self.process_parts([frame])
+
+    def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Upsample consecutive int16 frames as one (a block): one pass, no joined copy first."""
         if self._flushed:
             raise RuntimeError("Upsampler2x.process() after flush()")
-        n = len(frame)
+        n = sum(len(part) for part in parts)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
-        ext = np.concatenate((self._history, frame.astype(np.float32)))
+        history = len(self._history)
+        ext = np.empty(history + n, dtype=np.float32)
+        ext[:history] = self._history
+        np.concatenate(parts, out=ext[history:], casting="safe")  # int16 → float32 as it copies
         self._history = ext[n:].copy()  # a view would keep the whole block alive between calls
         out = np.empty(2 * n, dtype=np.float32)
         out[0::2] = np.convolve(ext, self._even, mode="valid")
@@ -93,9 +100,9 @@ class Upsampler2x:
         return tail
 
 
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """Round and saturate float samples to int16."""
-    rounded = np.rint(samples)
+def to_int16(samples: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """Round and saturate float samples to int16 (``in_place``: using ``samples`` as scratch)."""
+    rounded = np.rint(samples, out=samples) if in_place else np.rint(samples)
     np.clip(rounded, -32768, 32767, out=rounded)
     out: np.ndarray = rounded.astype(np.int16)
     return out

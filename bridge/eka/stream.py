@@ -13,7 +13,7 @@ arrives, so the server's close is the one signal that End may be called.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import json
 import time
 from dataclasses import dataclass
@@ -100,7 +100,7 @@ class UpstreamStream:
     @staticmethod
     def _media_frame(pcm: bytes) -> bytes:
         """The JSON media envelope, built as bytes: base64 needs no JSON escaping."""
-        return _MEDIA_HEAD + base64.b64encode(pcm) + _MEDIA_TAIL
+        return b"".join((_MEDIA_HEAD, binascii.b2a_base64(pcm, newline=False), _MEDIA_TAIL))
 
     async def finish(self, *, flush_wait_s: float, close_timeout_s: float, reason: str = "call ended") -> Finished:
         """Send ``stop`` (a text frame in both wire modes) and wait up to ``flush_wait_s`` for the

@@ -85,7 +85,8 @@ class PcmQueue:
         if not self._buf or (len(self._buf) < size and not self._closed):
             return None
         self.batch_arrived_at = self._marks[0][1] if self._marks else None
-        batch = bytes(self._buf[:size])
+        with memoryview(self._buf) as view:
+            batch = bytes(view[:size])  # one copy (a slice of the bytearray would be a second)
         del self._buf[:size]
         self._advance(len(batch))
         return batch
