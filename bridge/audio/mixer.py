@@ -337,15 +337,16 @@ class Mixer:
                 self._begin(timestamp_ms)
             current = self.tracks.get(track) or self._join(track)
         current.place(timestamp_ms, self.decode(payload))
-        single = len(self.tracks) == 1
-        if not single:
-            horizon = current.position - self.max_wait
+        reach = current.position  # how far every track has come: the laggard's position
+        if len(self.tracks) > 1:
+            horizon = reach - self.max_wait
             for other in self.tracks.values():
-                if other is not current and other.position < horizon:
-                    other.fill_to(horizon)
+                if other is not current:
+                    if other.position < horizon:
+                        other.fill_to(horizon)
+                    reach = min(reach, other.position)
         if self.render_samples:
             # Only what every track covers can be mixed, so the laggard says when a block is due.
-            reach = current.position if single else min(t.position for t in self.tracks.values())
             if reach < self._next_release:
                 return _NOTHING
             behind = (reach - self._next_release) // self.render_samples + 1
