@@ -94,7 +94,11 @@ def make_settings(eka_url: str, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, *, emulator_options: dict[str, Any] | None = None, **settings: Any
+    tmp_path: Path,
+    *,
+    emulator_options: dict[str, Any] | None = None,
+    emulator_rcvbuf: int | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Harness]:
     options = EmulatorOptions(
         audio_dir=tmp_path / "eka-audio",
@@ -104,7 +108,7 @@ async def running(
     )
     emulator = Emulator(options)
     logs = LogCapture()
-    async with serve(emulator.app) as eka_url:
+    async with serve(emulator.app, rcvbuf=emulator_rcvbuf) as eka_url:
         settings.setdefault("ledger_path", str(tmp_path / "ledger.db"))
         settings.setdefault("database_url", postgres.database_url())  # None: SQLite at ledger_path
         bridge = Bridge(make_settings(eka_url, **settings), log=logs.logger())

@@ -84,6 +84,10 @@ class UpstreamStream:
         ws = self._ws
         return ws.protocol.state is State.OPEN and ws.transport.get_write_buffer_size() <= WRITE_LIMIT
 
+    def backed_up(self) -> bool:
+        """Whether the socket holds more unsent than ``WRITE_LIMIT`` (the server is not reading)."""
+        return self._ws.transport.get_write_buffer_size() > WRITE_LIMIT
+
     def send_now(self, pcm: bytes) -> None:
         """Write one batch at once, without waiting (after ``ready``): the media path sends
         the steady state itself, through websockets' sans-I/O protocol, instead of waking a

@@ -21,6 +21,14 @@ class Failure:
 
 
 @dataclass
+class StreamStall:
+    """Stop reading the next stream socket for ``seconds`` once it has received ``after_bytes`` of audio."""
+
+    after_bytes: int
+    seconds: float
+
+
+@dataclass
 class StreamDrop:
     """Cut the next ``remaining`` stream sockets once each has received ``after_bytes`` of audio."""
 
@@ -36,6 +44,7 @@ class Faults:
         self._failures: dict[str, deque[Failure]] = {}
         self._delays: dict[str, float] = {}
         self._drops: deque[StreamDrop] = deque()
+        self._stalls: deque[StreamStall] = deque()
 
     def fail(self, op: str, status: int, count: int = 1, retry_after: float | None = None) -> None:
         """Answer the next ``count`` requests of ``op`` with ``status``; queued after earlier ``fail``s.
@@ -76,11 +85,20 @@ class Faults:
             raise ValueError("n_bytes must be >= 0 and count >= 1")
         self._drops.append(StreamDrop(n_bytes, count, keep_registration))
 
+    def stall_stream_after(self, n_bytes: int, seconds: float) -> None:
+        """Stop reading the next stream socket for ``seconds`` once it has received ``n_bytes`` of
+        audio, as a server whose storage stalls does: the client's writes back up in the sockets'
+        buffers (a test pairs it with a small receive buffer, or loopback absorbs megabytes)."""
+        if n_bytes < 0 or seconds <= 0:
+            raise ValueError("n_bytes must be >= 0 and seconds > 0")
+        self._stalls.append(StreamStall(n_bytes, seconds))
+
     def clear(self) -> None:
         """Forget every pending fault and delay."""
         self._failures.clear()
         self._delays.clear()
         self._drops.clear()
+        self._stalls.clear()
 
     # The app's side -------------------------------------------------------------
 
@@ -108,6 +126,10 @@ class Faults:
             self._drops.popleft()
         return StreamDrop(drop.after_bytes, 1, drop.keep_registration)
 
+    def take_stall(self) -> StreamStall | None:
+        """Consume one pending stream stall, if any."""
+        return self._stalls.popleft() if self._stalls else None
+
     def pending(self) -> dict[str, object]:
         """A JSON-able view, for the admin API."""
         return {
@@ -121,4 +143,5 @@ class Faults:
                 {"after_bytes": d.after_bytes, "remaining": d.remaining, "keep_registration": d.keep_registration}
                 for d in self._drops
             ],
+            "stream_stalls": [{"after_bytes": t.after_bytes, "seconds": t.seconds} for t in self._stalls],
         }

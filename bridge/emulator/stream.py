@@ -182,12 +182,16 @@ class StreamEndpoint:
     ) -> tuple[int, str]:
         """The receive loop; returns the close code and how it ended: "stop", "disconnect" or "drop"."""
         received = 0
+        stall = self._faults.take_stall()
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code") or NO_STATUS), "disconnect"  # the client's code
             audio_bytes, stopped = self._frame(session, pending, message)
             received += audio_bytes
+            if stall is not None and received >= stall.after_bytes:
+                await asyncio.sleep(stall.seconds)  # not reading: the client's writes back up
+                stall = None
             if drop is not None and received >= drop.after_bytes:
                 return DROPPED, "drop"
             if stopped:

@@ -208,6 +208,7 @@ class Call:
         #: into this part's socket itself (``_send_direct``).
         self._direct: tuple[SessionPart, UpstreamStream] | None = None
         self._direct_failure: Exception | None = None  # a direct send failed: the relay handles it
+        self.upstream_backed_up = 0  # times the media path found the socket backed up and left it to the relay
         self.stopped = False
         #: Why this socket must be closed at once (its ``start`` was refused), or None.
         self.refused: str | None = None
@@ -381,6 +382,7 @@ class Call:
         part, upstream = self._direct
         while len(self.queue) >= self._batch_bytes:
             if not upstream.ready():
+                self.upstream_backed_up += upstream.backed_up()
                 break
             batch = self.queue.take(self._batch_bytes)
             assert batch is not None
@@ -767,6 +769,7 @@ class Call:
             "frames": self.media_frames,
             "bytes_in": self.media_bytes,
             "bytes_relayed": self.relayed_bytes,
+            "upstream_backed_up": self.upstream_backed_up,
             "audio_relayed_s": round(self.relayed_bytes / BYTES_PER_SECOND, 3),
             "gap_filled_ms": mixer.gap_filled_ms() if mixer else {},
             "late_frames": sum(s.late_frames + s.duplicate_frames for s in stats),

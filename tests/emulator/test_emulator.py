@@ -516,6 +516,16 @@ def test_cli_fault_knobs_queue_faults() -> None:
         apply_faults(Faults(), parser.parse_args(["--fail", "create"]))
 
 
+def test_a_stream_stall_is_queued_shown_and_validated() -> None:
+    faults = Faults()
+    faults.stall_stream_after(64000, 2.5)
+    assert faults.pending()["stream_stalls"] == [{"after_bytes": 64000, "seconds": 2.5}]
+    with pytest.raises(ValueError):
+        faults.stall_stream_after(64000, 0)
+    faults.clear()
+    assert faults.pending()["stream_stalls"] == [] and faults.take_stall() is None
+
+
 def test_the_cli_flags_become_options_and_bad_ones_are_refused(tmp_path: Path) -> None:
     import argparse
 

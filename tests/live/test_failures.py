@@ -175,6 +175,24 @@ async def test_a_stalled_upstream_keeps_memory_bounded_and_counts_what_it_drops(
     assert summary["outbox_high_water_bytes"] <= call_outbox_bound
 
 
+async def test_an_upstream_that_stops_reading_backs_up_and_loses_nothing(tmp_path: Path) -> None:
+    """The media path writes full batches itself while the socket keeps up; once Eka stops
+    reading and the socket backs up, the relay takes over and waits for the drain, the audio
+    waiting in the call's buffer, and hands back when the socket has caught up."""
+    audio = ulaw_call(120.0)  # ~5 MB of JSON upstream: more than loopback's send buffer takes
+    async with running(tmp_path, emulator_rcvbuf=4096, buffer_max_s=300) as h:
+        h.emulator.faults.stall_stream_after(64_000, 3.0)
+        await replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=60)
+        summary = await finished(h)
+        session = h.only_session()
+        assert_every_session_ended_once(h)
+
+    assert summary["upstream_backed_up"] >= 1
+    assert summary["dropped_bytes"] == 0 and summary["upstream_drops"] == 0
+    assert_processed_whole(session)
+    assert_covers_without_gap([received_pcm(session)], expected_stream(audio))
+
+
 async def test_the_pcm_queue_bound_holds_whatever_arrives() -> None:
     from bridge.live.pcm_queue import PcmQueue
 
