@@ -70,9 +70,6 @@ class _Passthrough:
 
     delay_samples = 0
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        return frame.astype(np.float32)
-
     def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts).astype(np.float32)
 

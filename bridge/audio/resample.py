@@ -73,7 +73,7 @@ class Upsampler2x:
     def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
         """Upsample consecutive int16 frames as one (a block): one pass, no joined copy first."""
         if self._flushed:
-            raise RuntimeError("Upsampler2x.process() after flush()")
+            raise RuntimeError("Upsampler2x used after flush()")
         n = sum(len(part) for part in parts)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
