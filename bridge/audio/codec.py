@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,3 +38,23 @@ def pcm16_bytes(samples: np.ndarray) -> bytes:
     if sys.byteorder == "little":
         return np.ascontiguousarray(samples, dtype=np.int16).tobytes()
     return np.asarray(samples, dtype="<i2").tobytes()
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """How a stream's audio is laid out on the wire. The mixer keeps frames in it until a block
+    is rendered, then decodes the block at once: one decode per block, not one per 20 ms frame,
+    and a waiting frame costs its wire size (one byte a sample for μ-law), not an array's."""
+
+    decode: Callable[[bytes], np.ndarray]  # a whole number of samples → int16
+    width: int  # bytes per sample
+    silence: bytes  # one sample of silence, as it decodes to 0
+
+
+#: G.711 μ-law (Twilio's and most providers' telephone audio); 0xFF decodes to 0.
+ULAW = WireFormat(ulaw_to_pcm16, 1, b"\xff")
+
+
+def l16(byteorder: str) -> WireFormat:
+    """16-bit linear PCM in ``byteorder`` ("big" or "little")."""
+    return WireFormat(lambda payload: l16_to_pcm16(payload, byteorder), 2, b"\x00\x00")

@@ -17,10 +17,12 @@ a party that joins late joins at the present. Every other way of adding silence
 Filling happens on the 8 kHz input side, so each resampler sees one continuous
 signal and every track's 16 kHz output stays sample-aligned with the others.
 
-Resampling and mixing can run per block rather than per frame (``render_samples``):
-placed samples wait, decoded, until a block's worth is in, then one FIR pass and one mix
-cover the block. The call sets the block to its upstream batch, so numpy is called a
-few times per batch instead of a few times per 20 ms frame, and no batch waits longer.
+Frames stay in their wire format (``WireFormat``: μ-law or L16 bytes) until they are rendered;
+a hole is filled with the format's own silence. Resampling and mixing can run per block rather
+than per frame (``render_samples``): placed frames wait until a block's worth is in, then one
+decode, one FIR pass and one mix cover the block. The call sets the block to its upstream
+batch, so numpy is called a few times per batch instead of a few times per 20 ms frame, and
+no batch waits longer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bridge.audio.codec import WireFormat
 from bridge.audio.resample import Upsampler2x, to_int16
 
 OUTPUT_RATE = 16000
@@ -70,8 +73,8 @@ class _Passthrough:
 
     delay_samples = 0
 
-    def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts).astype(np.float32)
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        return frame.astype(np.float32)
 
     def flush(self) -> np.ndarray:
         return np.zeros(0, dtype=np.float32)
@@ -91,23 +94,28 @@ class TrackStats:
 
 
 class Track:
-    """One party's audio: timeline position, frames waiting their turn, resampler, pending output."""
+    """One party's audio: timeline position, frames waiting their turn (as wire bytes), resampler,
+    pending output. Positions and lengths count samples at the input rate."""
 
-    def __init__(self, name: str, input_rate: int, start_position: int, max_wait: int, *, offset: int = 0) -> None:
+    def __init__(
+        self, name: str, input_rate: int, start_position: int, max_wait: int, wire: WireFormat, *, offset: int = 0
+    ) -> None:
         if input_rate not in (8000, 16000):
             raise ValueError(f"unsupported input rate {input_rate}")
         self.name = name
+        self.width = wire.width
+        self.silence = wire.silence
         self.input_rate = input_rate
         self.resampler: Upsampler2x | _Passthrough = Upsampler2x() if input_rate == 8000 else _Passthrough()
         self.position = start_position  # next input sample index to be played on the call timeline
         self.max_wait = max_wait  # input samples of audio a hole may hold up
         self.tolerance = input_rate * JITTER_TOLERANCE_MS // 1000
         self.pending = _NO_OUTPUT  # 16 kHz output not yet mixed
-        self._unrendered: list[np.ndarray] = []  # placed input samples not yet resampled
+        self._unrendered: list[bytes] = []  # placed frames (wire bytes) not yet decoded and resampled
         self.stats = TrackStats()
         self.flushed = False
         self._heard = False  # a frame with samples has been placed
-        self._waiting: list[tuple[int, int, np.ndarray]] = []  # heap of (start, arrival, samples)
+        self._waiting: list[tuple[int, int, bytes]] = []  # heap of (start, arrival, frame)
         self._waiting_starts: set[int] = set()
         self._waiting_samples = 0
         self._next_start = start_position  # where a frame without a timestamp goes
@@ -118,9 +126,11 @@ class Track:
         self._frontier = start_position  # end of the furthest frame placed or waiting
         self._offset = offset  # input samples subtracted from timestamps since the last re-anchoring
 
-    def place(self, timestamp_ms: int | None, samples: np.ndarray) -> None:
-        """Put one frame on the timeline at its timestamp (or right after the previous one)."""
-        n = len(samples)
+    def place(self, timestamp_ms: int | None, frame: bytes) -> None:
+        """Put one frame (wire bytes) on the timeline at its timestamp (or right after the previous one)."""
+        n = len(frame) // self.width
+        if n * self.width != len(frame):
+            frame = frame[: n * self.width]  # whole samples only: a stray byte would shift every later one
         stats = self.stats
         stats.frames += 1
         stats.samples_in += n
@@ -142,7 +152,7 @@ class Track:
             self.position = position = position + n
             if position > self._frontier:
                 self._frontier = position
-            self._unrendered.append(samples)
+            self._unrendered.append(frame)
             return
         if start - self.position > self._max_ahead or self.position - start > self._max_behind:
             # Carry on right after the furthest audio received: nothing is filled, nothing
@@ -150,19 +160,19 @@ class Track:
             self.stats.discontinuities += 1
             self._offset += start - self._frontier
             start = self._frontier
-        self._next_start = start + len(samples)
+        self._next_start = start + n
         if not self._heard:
             self._heard = True
             if 0 < start - self.position <= min(self.tolerance, self._fill_left) and not self._waiting:
                 # A track's first frame has no jitter to absorb: the time before it is silence
                 # (a party that joins late lands on its timestamp, to the sample).
                 self._fill(start - self.position)
-        if start + len(samples) <= self.position + self.tolerance // 2:
+        if start + n <= self.position + self.tolerance // 2:
             self.stats.late_frames += 1
-            self.stats.trimmed_samples += len(samples)
+            self.stats.trimmed_samples += n
             return
         if not self._waiting and -self.tolerance <= start - self.position <= self.tolerance:
-            self._feed(samples)  # the usual case: in order, nothing waiting; no heap round trip
+            self._feed(frame)  # in order, nothing waiting (a first frame): no heap round trip
             return
         if start in self._waiting_starts:
             self.stats.duplicate_frames += 1
@@ -170,10 +180,10 @@ class Track:
         if self._waiting and start < self._waiting[0][0]:
             self.stats.reordered_frames += 1
         self._arrivals += 1
-        heapq.heappush(self._waiting, (start, self._arrivals, samples))
+        heapq.heappush(self._waiting, (start, self._arrivals, frame))
         self._waiting_starts.add(start)
-        self._waiting_samples += len(samples)
-        self._frontier = max(self._frontier, start + len(samples))
+        self._waiting_samples += n
+        self._frontier = max(self._frontier, start + n)
         self._play()
 
     def fill_to(self, position: int) -> None:
@@ -182,31 +192,31 @@ class Track:
         missing = position - self.position
         if missing > 0:
             self.stats.gap_filled_samples += missing
-            self._feed(np.zeros(missing, dtype=np.int16))
+            self._feed(self.silence * missing)
         self._play()
 
     def settle(self) -> None:
         """End of stream: play everything still waiting, filling the holes between."""
         self._play(force_until=END_OF_TIME)
 
-    def flush(self) -> None:
+    def flush(self, decode: Callable[[bytes], np.ndarray]) -> None:
         """Drain the resampler (after ``settle``); nothing may be placed afterwards."""
         if not self.flushed:
-            self.render()
+            self.render(decode)
             self.flushed = True
             self._append(self.resampler.flush())
 
-    def render(self) -> None:
-        """Resample everything placed so far, in one pass, onto ``pending``."""
+    def render(self, decode: Callable[[bytes], np.ndarray]) -> None:
+        """Decode and resample everything placed so far, in one pass each, onto ``pending``."""
         if self._unrendered:
             parts, self._unrendered = self._unrendered, []
-            self._append(self.resampler.process_parts(parts))
+            self._append(self.resampler.process(decode(parts[0] if len(parts) == 1 else b"".join(parts))))
 
     def _play(self, *, force_until: int | None = None) -> None:
         """Feed waiting frames in timeline order while they are contiguous, or the wait is over,
         or the hole lies before ``force_until``."""
         while self._waiting:
-            start, _, samples = self._waiting[0]
+            start, _, frame = self._waiting[0]
             gap = start - self.position
             if gap > self.tolerance:
                 forced = force_until is not None and start < force_until
@@ -219,21 +229,22 @@ class Track:
                 continue
             heapq.heappop(self._waiting)
             self._waiting_starts.discard(start)
-            self._waiting_samples -= len(samples)
+            n = len(frame) // self.width
+            self._waiting_samples -= n
             overlap = max(self.position - start, 0) if gap < -self.tolerance else 0
-            if overlap >= len(samples):
+            if overlap >= n:
                 self.stats.late_frames += 1
-                self.stats.trimmed_samples += len(samples)
+                self.stats.trimmed_samples += n
                 continue
             self.stats.trimmed_samples += overlap
-            self._feed(samples[overlap:])
+            self._feed(frame[overlap * self.width :])
 
     def _fill(self, gap: int) -> None:
         """Silence for a hole in this track's own timeline, charged to the call's fill budget."""
         self._fill_left -= gap
         self.stats.jumps += 1
         self.stats.gap_filled_samples += gap
-        self._feed(np.zeros(gap, dtype=np.int16))
+        self._feed(self.silence * gap)
 
     def _close(self, gap: int) -> None:
         """The call's fill budget is spent: move every waiting frame ``gap`` earlier (a
@@ -243,13 +254,13 @@ class Track:
         if self._next_start >= self.position + gap:  # the last frame placed is one of those waiting
             self._next_start -= gap
         self._frontier -= gap
-        self._waiting = [(start - gap, arrival, samples) for start, arrival, samples in self._waiting]
+        self._waiting = [(start - gap, arrival, frame) for start, arrival, frame in self._waiting]
         self._waiting_starts = {start - gap for start in self._waiting_starts}
 
-    def _feed(self, samples: np.ndarray) -> None:
-        self.position += len(samples)
+    def _feed(self, frame: bytes) -> None:
+        self.position += len(frame) // self.width
         self._frontier = max(self._frontier, self.position)
-        self._unrendered.append(samples)
+        self._unrendered.append(frame)
 
     def take(self, n: int) -> None:
         """Drop the first ``n`` pending samples (mixed). The rest is copied, not viewed, so a
@@ -292,7 +303,7 @@ class Mixer:
         self,
         tracks: Iterable[str],
         input_rate: int,
-        decode: Callable[[bytes], np.ndarray],
+        wire: WireFormat,
         *,
         max_wait_ms: int = 200,
         render_samples: int = 0,
@@ -300,7 +311,7 @@ class Mixer:
         if input_rate not in (8000, 16000):  # refused at `start`, not on every frame after it
             raise ValueError(f"unsupported input rate {input_rate}")
         self.input_rate = input_rate
-        self.decode = decode
+        self.wire = wire  # the call may set it once more, before any frame (an L16 byte order detected)
         self.max_wait = input_rate * max_wait_ms // 1000
         announced = list(dict.fromkeys(tracks))
         self._expected = [t for t in announced if t in DOCUMENTED_TRACKS][:MAX_TRACKS] or ["inbound"]
@@ -324,7 +335,7 @@ class Mixer:
         return track in DOCUMENTED_TRACKS and parties < MAX_TRACKS
 
     def push(self, track: str, timestamp_ms: int | None, payload: bytes) -> np.ndarray:
-        """Decode one frame of ``track`` and return the mixed 16 kHz samples now ready."""
+        """Place one frame of ``track`` (wire bytes) and return the mixed 16 kHz samples now ready."""
         current = self.tracks.get(track)
         if current is None:
             if not self.accepts(track):
@@ -333,7 +344,7 @@ class Mixer:
             if self._origin is None:
                 self._begin(timestamp_ms)
             current = self.tracks.get(track) or self._join(track)
-        current.place(timestamp_ms, self.decode(payload))
+        current.place(timestamp_ms, payload)
         reach = current.position  # how far every track has come: the laggard's position
         if len(self.tracks) > 1:
             horizon = reach - self.max_wait
@@ -351,9 +362,10 @@ class Mixer:
         return self.pull()
 
     def pull(self) -> np.ndarray:
-        """Resample what every track has placed and return the mix that is ready."""
+        """Decode and resample what every track has placed and return the mix that is ready."""
+        decode = self.wire.decode
         for t in self.tracks.values():
-            t.render()
+            t.render(decode)
         return self._emit()
 
     def flush(self) -> np.ndarray:
@@ -365,7 +377,7 @@ class Mixer:
         end = max(t.position for t in self.tracks.values())
         for t in self.tracks.values():
             t.fill_to(end)  # a track that stopped early: silence to the common end
-            t.flush()
+            t.flush(self.wire.decode)
         return self._emit()
 
     def _begin(self, timestamp_ms: int | None) -> None:
@@ -373,7 +385,7 @@ class Mixer:
         origin = 0 if timestamp_ms is None else timestamp_ms * self.input_rate // 1000
         self._origin = origin
         for name in self._expected:
-            self.tracks[name] = Track(name, self.input_rate, origin, self.max_wait)
+            self.tracks[name] = Track(name, self.input_rate, origin, self.max_wait, self.wire)
         delay = self.tracks[self._expected[0]].resampler.delay_samples
         self._next_release = origin + delay + self.render_samples
 
@@ -387,7 +399,7 @@ class Mixer:
         leader = max(self.tracks.values(), key=lambda t: t.position, default=None)
         offset = leader.clock_offset if leader is not None else 0
         self.unexpected_tracks.append(name)
-        track = self.tracks[name] = Track(name, self.input_rate, present, self.max_wait, offset=offset)
+        track = self.tracks[name] = Track(name, self.input_rate, present, self.max_wait, self.wire, offset=offset)
         return track
 
     def _emit(self) -> np.ndarray:

@@ -67,20 +67,17 @@ class Upsampler2x:
         return self._half
 
     def process(self, frame: np.ndarray) -> np.ndarray:
-        """Upsample one frame of int16 samples; returns float32 samples (2 per input, delayed)."""
-        return self.process_parts([frame])
-
-    def process_parts(self, parts: list[np.ndarray]) -> np.ndarray:
-        """Upsample consecutive int16 frames as one (a block): one pass, no joined copy first."""
+        """Upsample int16 samples (a frame, or a block of them); returns float32 samples (2 per
+        input, delayed)."""
         if self._flushed:
             raise RuntimeError("Upsampler2x used after flush()")
-        n = sum(len(part) for part in parts)
+        n = len(frame)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         history = len(self._history)
         ext = np.empty(history + n, dtype=np.float32)
         ext[:history] = self._history
-        np.concatenate(parts, out=ext[history:], casting="safe")  # int16 → float32 as it copies
+        ext[history:] = frame  # int16 → float32 as it copies
         self._history = ext[n:].copy()  # a view would keep the whole block alive between calls
         out = np.empty(2 * n, dtype=np.float32)
         out[0::2] = np.convolve(ext, self._even, mode="valid")

@@ -31,7 +31,7 @@ import numpy as np
 
 from bridge.after_call.ledger import Ledger
 from bridge.audio.byteorder import ByteOrderDetector
-from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, ulaw_to_pcm16
+from bridge.audio.codec import ULAW, WireFormat, l16, pcm16_bytes
 from bridge.audio.mixer import OUTPUT_RATE, Mixer
 from bridge.config import ParamRoute, Settings
 from bridge.eka.client import EkaClient, EndStatus, new_session_id
@@ -73,13 +73,13 @@ def is_l16(fmt: MediaFormat) -> bool:
     return fmt.encoding.lower() in ("audio/x-l16", "audio/l16")
 
 
-def decoder_for(fmt: MediaFormat, l16_byteorder: str = "big") -> Any:
-    """Bytes → int16 samples for the stream's declared format, or ProtocolError."""
+def wire_format_for(fmt: MediaFormat, l16_byteorder: str = "big") -> WireFormat:
+    """The wire format of the stream's declared encoding, or ProtocolError."""
     encoding = fmt.encoding.lower()
     if encoding in ("audio/x-mulaw", "audio/pcmu", "audio/mulaw"):
-        return ulaw_to_pcm16
+        return ULAW
     if is_l16(fmt):
-        return lambda payload: l16_to_pcm16(payload, l16_byteorder)
+        return l16(l16_byteorder)
     raise ProtocolError("unsupported_format", fmt.encoding)
 
 
@@ -272,12 +272,12 @@ class Call:
         try:  # everything the format decides is built before any of it is kept
             if fmt.sample_rate not in SUPPORTED_RATES:
                 raise ProtocolError("unsupported_format", f"{fmt.encoding} at {fmt.sample_rate} Hz")
-            # With detection, "big" is replaced once the detector decides; nothing is decoded before.
-            decode = decoder_for(fmt, "big" if detect else self.l16_byte_order)
+            # With detection, "big" is replaced once the detector decides; nothing is placed before.
+            wire = wire_format_for(fmt, "big" if detect else self.l16_byte_order)
             mixer = Mixer(
                 start.tracks,
                 fmt.sample_rate,
-                decode,
+                wire,
                 max_wait_ms=self.settings.max_track_wait_ms,
                 # Resample and mix once per upstream batch, not once per 20 ms frame.
                 render_samples=fmt.sample_rate * self.settings.batch_ms // 1000,
@@ -353,7 +353,7 @@ class Call:
             return
         self.log.info("l16_byte_order_detected", byte_order=order, evidence=self._detector.evidence)
         self._detector = None
-        self.mixer.decode = decoder_for(MediaFormat("audio/x-l16", self.mixer.input_rate), order)
+        self.mixer.wire = wire_format_for(MediaFormat("audio/x-l16", self.mixer.input_rate), order)
         held, self._held = self._held, []
         for media in held:
             self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))

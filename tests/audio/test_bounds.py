@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bridge.audio.byteorder import DEFAULT_ORDER, MAX_HELD_FRAMES, ByteOrderDetector
-from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from bridge.audio.codec import ULAW, pcm16_to_ulaw
 from bridge.audio.mixer import (
     MAX_BACKWARD_JUMP_MS,
     MAX_FORWARD_JUMP_MS,
@@ -59,7 +59,7 @@ def discontinuities(mixer: Mixer) -> int:
 
 
 def mixer(tracks: list[str], **options: int) -> Mixer:
-    return Mixer(tracks, RATE, ulaw_to_pcm16, **options)
+    return Mixer(tracks, RATE, ULAW, **options)
 
 
 # --- parties: documented names only, at most two ----------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from bridge.audio.codec import l16_to_pcm16, pcm16_bytes, pcm16_to_ulaw, ulaw_to_pcm16
+from bridge.audio.codec import ULAW, l16_to_pcm16, pcm16_bytes, pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.audio.resample import HALF_SPAN, Upsampler2x, to_int16
 
@@ -143,7 +143,7 @@ def run_single(mixer: Mixer, payloads: list[bytes], timestamps: list[int | None]
 def test_single_track_passes_through_bit_exact() -> None:
     x = tone(440, 1.0)
     payloads = frames(x)
-    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound"], 8000, ULAW)
     got = run_single(mixer, payloads, [i * 20 for i in range(len(payloads))])
     expected = to_int16(upsample_in_chunks(ulaw_to_pcm16(b"".join(payloads)), [160]))
     assert got.dtype == np.int16 and np.array_equal(got, expected)
@@ -154,7 +154,7 @@ def test_missing_frame_is_filled_with_silence_and_counted() -> None:
     x = tone(440, 1.0)
     payloads = frames(x)
     keep = [i for i in range(len(payloads)) if i != 10]
-    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound"], 8000, ULAW)
     got = run_single(mixer, [payloads[i] for i in keep], [i * 20 for i in keep])
     assert len(got) == 2 * len(x)  # the timeline is intact
     assert mixer.gap_filled_ms() == {"inbound": 20}
@@ -165,7 +165,7 @@ def test_repeated_and_backwards_frames_are_dropped_and_counted() -> None:
     x = tone(440, 0.4)
     payloads = frames(x)
     order = [0, 1, 2, 2, 3, 1, 4] + list(range(5, len(payloads)))
-    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound"], 8000, ULAW)
     got = run_single(mixer, [payloads[i] for i in order], [i * 20 for i in order])
     assert len(got) == 2 * len(x)
     assert mixer.tracks["inbound"].stats.late_frames == 2
@@ -176,5 +176,5 @@ def test_repeated_and_backwards_frames_are_dropped_and_counted() -> None:
 def test_frames_without_timestamps_are_contiguous() -> None:
     x = tone(440, 0.2)
     payloads = frames(x)
-    got = run_single(Mixer(["inbound"], 8000, ulaw_to_pcm16), payloads, [None] * len(payloads))
+    got = run_single(Mixer(["inbound"], 8000, ULAW), payloads, [None] * len(payloads))
     assert len(got) == 2 * len(x)

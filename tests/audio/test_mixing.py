@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soxr
 
-from bridge.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from bridge.audio.codec import ULAW, pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.simulator.audio import load_ulaw
@@ -43,7 +43,7 @@ def interleave(*tracks: list[Frame]) -> list[Frame]:
 def mix(
     frames: list[Frame], tracks: list[str], *, wait_ms: int = 200, render_samples: int = 0
 ) -> tuple[np.ndarray, Mixer]:
-    mixer = Mixer(tracks, 8000, ulaw_to_pcm16, max_wait_ms=wait_ms, render_samples=render_samples)
+    mixer = Mixer(tracks, 8000, ULAW, max_wait_ms=wait_ms, render_samples=render_samples)
     out = [mixer.push(track, ts, payload) for track, ts, payload in frames]
     out.append(mixer.flush())
     return np.concatenate(out), mixer
@@ -155,7 +155,7 @@ def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> No
         blocks, _ = mix(frames, tracks, render_samples=800)
         assert np.array_equal(blocks, per_frame)
 
-    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16, render_samples=800)
+    mixer = Mixer(["inbound"], 8000, ULAW, render_samples=800)
     sizes = [len(mixer.push(*frame)) for frame in framed("inbound", inbound)]
     released = [(i, n) for i, n in enumerate(sizes) if n]
     # 100 ms blocks of 20 ms frames: the first once 100 ms + the FIR's 6 ms delay are in.
@@ -164,7 +164,7 @@ def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> No
     assert [i for i, _ in released[1:4]] == [10, 15, 20]
 
     # Two parties: a block is due once both have covered it, never a frame short of it.
-    mixer = Mixer(["inbound", "outbound"], 8000, ulaw_to_pcm16, render_samples=800)
+    mixer = Mixer(["inbound", "outbound"], 8000, ULAW, render_samples=800)
     both = interleave(framed("inbound", inbound[:16000]), framed("outbound", outbound[:16000]))
     sizes = [len(mixer.push(*frame)) for frame in both]
     released = [(i, n) for i, n in enumerate(sizes) if n]
@@ -192,7 +192,7 @@ def test_frames_of_any_size_and_jittered_timestamps_do_not_drift_over_an_hour() 
     frame = 800
     clicks = {"inbound": (n - 6000) // 8, "outbound": (n - 3000) // 8}  # ms, in the last second
     rng = np.random.default_rng(3)
-    mixer = Mixer(["inbound", "outbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound", "outbound"], 8000, ULAW)
     quiet = pcm16_to_ulaw(np.zeros(frame, dtype=np.int16))
     produced, kept = 0, []
     for i in range(0, n, frame):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.audio.codec import ulaw_to_pcm16
+from bridge.audio.codec import ULAW
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, assert_processed_whole, running
@@ -24,7 +24,7 @@ PACE = 10.0
 
 def expected_stream(ulaw: bytes) -> np.ndarray:
     """Exactly what the bridge sends for a single-track call of ``ulaw`` (the mixer is deterministic)."""
-    mixer = Mixer(["inbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound"], 8000, ULAW)
     out = [mixer.push("inbound", i // 8, ulaw[i : i + 160]) for i in range(0, len(ulaw), 160)]
     return np.concatenate([*out, mixer.flush()])
 

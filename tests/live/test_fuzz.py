@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.audio.codec import ulaw_to_pcm16
+from bridge.audio.codec import ULAW
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from tests.harness import Harness, running
@@ -188,7 +188,7 @@ async def test_hostile_messages_never_crash_the_bridge_and_every_session_ends_on
 
 def test_a_timestamp_far_off_re_anchors_the_track_instead_of_filling_hours_of_silence() -> None:
     frame = bytes(INBOUND[:160])
-    mixer = Mixer(["inbound", "outbound"], 8000, ulaw_to_pcm16)
+    mixer = Mixer(["inbound", "outbound"], 8000, ULAW)
     out = [mixer.push("inbound", 0, frame), mixer.push("outbound", 0, frame)]
     for ts in (10**12, 10**12 + 20, 40, -(2**40)):  # ~31 years ahead, then back, then before 1970
         out += [mixer.push("inbound", ts, frame), mixer.push("outbound", ts, frame)]
