@@ -239,7 +239,7 @@ class Call:
 
     def handle(self, event: StreamEvent) -> None:
         if isinstance(event, Media):
-            self._on_media(event)
+            self.on_media(event)
         elif isinstance(event, StreamStart):
             self._on_start(event)
         elif isinstance(event, StreamStop):
@@ -311,28 +311,31 @@ class Call:
         self.log = self.log.bind(stream_sid=start.stream_id)
         self.log.info("stream_resumed", reconnects=self.reconnects)
 
-    def _on_media(self, media: Media) -> None:
-        if self.mixer is None:
+    def on_media(self, media: Media) -> None:
+        """One frame of audio (the media path calls this directly: it is most of the messages)."""
+        mixer = self.mixer
+        if mixer is None:
             self.protocol_error(ProtocolError("media_before_start"))
             return
         if self.finished:
             return
+        track, payload = media.track, media.payload
         self.media_frames += 1
-        self.media_bytes += len(media.payload)
-        mixer = self.mixer
-        if media.track not in mixer.tracks and not mixer.accepts(media.track):
-            mixer.push(media.track, media.timestamp_ms, media.payload)  # counted, nothing kept
+        self.media_bytes += len(payload)
+        if track not in mixer.tracks and not mixer.accepts(track):
+            mixer.push(track, media.timestamp_ms, payload)  # counted, nothing kept
             return
-        if media.chunk is not None:
+        chunk = media.chunk
+        if chunk is not None:
             # Placement is by timestamp; chunk numbers only tell of trouble upstream. Whether
             # Twilio counts them per track or per stream is undocumented, so only a chunk that
             # goes backwards or repeats within its track is counted, never a jump.
-            last = self._last_chunk.get(media.track)
-            if last is not None and media.chunk <= last:
+            last = self._last_chunk.get(track)
+            if last is not None and chunk <= last:
                 self.chunk_regressions += 1
             else:
-                self._last_chunk[media.track] = media.chunk
-        if not media.payload:
+                self._last_chunk[track] = chunk
+        if not payload:
             return
         if self.relay is None and self.start is not None:
             # The session is opened on the first audio, not on ``start``: a stream that ends
@@ -340,12 +343,14 @@ class Call:
             self.relay = asyncio.create_task(self._relay(), name=f"relay-{self.start.call_id}")
         if self._detector is not None:
             self._held.append(media)
-            decision = self._detector.feed(media.payload)
+            decision = self._detector.feed(payload)
             if decision is None:
                 return
             self._decide_byte_order(decision)
             return
-        self._queue(mixer.push(media.track, media.timestamp_ms, media.payload))
+        mixed = mixer.push(track, media.timestamp_ms, payload)
+        if len(mixed):  # once a block (a batch), not once a frame
+            self._queue(mixed)
 
     def _decide_byte_order(self, order: str) -> None:
         """Decode every held frame (all tracks, in arrival order) with the order now known."""
@@ -359,20 +364,27 @@ class Call:
             self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
 
     def _queue(self, samples: np.ndarray) -> None:
-        if len(samples):
-            dropped = self.queue.dropped_bytes
-            self.queue.put(pcm16_bytes(samples))
-            if self.queue.dropped_bytes > dropped and not self._dropping:
-                self._dropping = True  # one warning per episode; the summary has the total
-                self.log.warning(
-                    "audio_dropped",
-                    reason="upstream too slow or unreachable; PCM queue full",
-                    buffer_max_s=self.settings.buffer_max_s,
-                )
-            elif self._dropping and len(self.queue) < self.queue.max_bytes // 2:
-                self._dropping = False
-            if self._direct is not None and len(self.queue) >= self._batch_bytes:
-                self._send_direct()
+        pcm = pcm16_bytes(samples)
+        direct = self._direct
+        if direct is not None and len(pcm) == self._batch_bytes and not len(self.queue) and direct[1].ready():
+            # The steady state: a block is a batch and nothing waits before it, so it goes
+            # straight into the socket (no copy through the queue; it waited for nothing).
+            if not self._send_now(*direct, pcm):
+                self._hand_back()
+            return
+        dropped = self.queue.dropped_bytes
+        self.queue.put(pcm)
+        if self.queue.dropped_bytes > dropped and not self._dropping:
+            self._dropping = True  # one warning per episode; the summary has the total
+            self.log.warning(
+                "audio_dropped",
+                reason="upstream too slow or unreachable; PCM queue full",
+                buffer_max_s=self.settings.buffer_max_s,
+            )
+        elif self._dropping and len(self.queue) < self.queue.max_bytes // 2:
+            self._dropping = False
+        if self._direct is not None and len(self.queue) >= self._batch_bytes:
+            self._send_direct()
 
     def _send_direct(self) -> None:
         """Send the full batches now, from the media path (the relay is parked): no task
@@ -386,22 +398,37 @@ class Call:
                 break
             batch = self.queue.take(self._batch_bytes)
             assert batch is not None
-            self.replay.append(batch)  # first: a batch whose send fails is re-sent too
-            try:
-                upstream.send_now(batch)
-            except Exception as exc:  # the relay raises it where it handles upstream errors
-                self._direct_failure = exc
+            if not self._send_now(part, upstream, batch, self.queue.batch_arrived_at):
                 break
-            self._sent(part, batch)
         else:
             return
+        self._hand_back()
+
+    def _send_now(
+        self, part: SessionPart, upstream: UpstreamStream, batch: bytes, arrived_at: float | None = None
+    ) -> bool:
+        """One batch into the socket from the media path; False if the send failed (the relay
+        raises the failure where it handles upstream errors). ``arrived_at``: when the batch's
+        oldest audio was queued (None: it was not)."""
+        self.replay.append(batch)  # first: a batch whose send fails is re-sent too
+        try:
+            upstream.send_now(batch)
+        except Exception as exc:
+            self._direct_failure = exc
+            return False
+        self._sent(part, batch, 0.0 if arrived_at is None else time.monotonic() - arrived_at)
+        return True
+
+    def _hand_back(self) -> None:
+        """The relay takes the socket over again (it is backed up, or a send failed)."""
         self._direct = None
         self.queue.wake()
 
-    def _sent(self, part: SessionPart, batch: bytes) -> None:
+    def _sent(self, part: SessionPart, batch: bytes, lag_s: float | None) -> None:
+        """``batch`` is in ``part``'s socket; ``lag_s``: how long its oldest audio waited."""
         part.streamed_bytes += len(batch)
         self.relayed_bytes += len(batch)
-        self._report(len(batch), self.queue.batch_arrived_at)
+        self._report(len(batch), lag_s)
 
     # -- 2. the relay: sessions, stream sockets, End Session ------------------------------
 
@@ -522,7 +549,8 @@ class Call:
                         break
                     self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
-                    self._sent(part, batch)
+                    arrived_at = self.queue.batch_arrived_at
+                    self._sent(part, batch, None if arrived_at is None else time.monotonic() - arrived_at)
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()
@@ -655,7 +683,7 @@ class Call:
         await self.ledger.session_ended(part.session_id, result.settled)
         log.info("eka_session_ended", status=result.status, end_latency_ms=self.end_latency_ms)
 
-    def _report(self, relayed: int, arrived_at: float | None) -> None:
+    def _report(self, relayed: int, lag_s: float | None) -> None:
         """Metrics move per upstream batch (and once at the end), never per frame."""
         frames, nbytes = self._reported
         self._reported = (self.media_frames, self.media_bytes)
@@ -664,7 +692,7 @@ class Call:
             frames=self.media_frames - frames,
             bytes_in=self.media_bytes - nbytes,
             bytes_out=relayed,
-            lag_s=None if arrived_at is None else time.monotonic() - arrived_at,
+            lag_s=lag_s,
         )
 
     def _fail(self, stage: str, reason: str) -> None:
