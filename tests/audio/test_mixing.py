@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soxr
 
-from bridge.audio.codec import ULAW, pcm16_to_ulaw, ulaw_to_pcm16
+from bridge.audio.codec import ULAW, l16, pcm16_to_ulaw, ulaw_to_pcm16
 from bridge.audio.mixer import Mixer
 from bridge.providers.twilio.simulator import TwilioCall, plan_messages, replay
 from bridge.simulator.audio import load_ulaw
@@ -170,6 +170,29 @@ def test_rendering_in_blocks_changes_no_sample_and_releases_whole_blocks() -> No
     released = [(i, n) for i, n in enumerate(sizes) if n]
     assert released[0] == (11, 2 * (6 * 160 - 48))  # the inbound frame that completes 120 ms
     assert all(n == 1600 for _, n in released[1:])
+
+
+def test_frames_wait_in_their_wire_format_and_decode_exactly_at_the_block() -> None:
+    """Frames are kept as wire bytes until their block is rendered: a hole is the format's own
+    silence (exact zeros), and an L16 frame with a stray odd byte shifts no later sample."""
+    x = with_click(silence(1.0), 700)
+    frames = framed("inbound", x)
+    del frames[10:15]  # a 100 ms hole, filled at the next frame
+    y, mixer = mix(frames, ["inbound"], render_samples=800)
+    assert mixer.tracks["inbound"].stats.gap_filled_samples == 800
+    assert not np.any(y[2 * 200 * 8 + 200 : 2 * 300 * 8 - 200])  # the hole, away from the FIR's reach
+    assert abs(click_positions_ms(y, [700])[0] - 700) <= 1.0
+
+    pcm = with_click(silence(0.5), 300)
+    odd = [pcm[i : i + 160].astype(">i2").tobytes() + b"\x7f" for i in range(0, len(pcm), 160)]
+    even = [payload[:-1] for payload in odd]
+    out = {}
+    for name, payloads in (("odd", odd), ("even", even)):
+        mixer = Mixer(["inbound"], 8000, l16("big"), render_samples=800)
+        got = [mixer.push("inbound", 20 * i, payload) for i, payload in enumerate(payloads)]
+        out[name] = np.concatenate([*got, mixer.flush()])
+    assert np.array_equal(out["odd"], out["even"]) and len(out["odd"]) == 2 * len(pcm)
+    assert abs(click_positions_ms(out["odd"], [300])[0] - 300) <= 1.0
 
 
 def test_timestamps_jumping_and_going_far_back_are_counted_not_fatal() -> None:
