@@ -26,7 +26,6 @@ class PcmQueue:
         self._discarding = False
         self._want = 1
         self._ready = asyncio.Event()
-        self.put_bytes = 0
         self.dropped_bytes = 0  # oldest audio dropped because the upstream fell too far behind
         self.discarded_bytes = 0  # audio with nowhere to go (no session could be created)
         self.high_water_bytes = 0
@@ -40,7 +39,6 @@ class PcmQueue:
     def put(self, pcm: bytes) -> None:
         if self._closed:
             raise RuntimeError("put() after close()")
-        self.put_bytes += len(pcm)
         if self._discarding:
             self.discarded_bytes += len(pcm)
             return
