@@ -369,7 +369,7 @@ class Call:
         if direct is not None and len(pcm) == self._batch_bytes and not len(self.queue) and direct[1].ready():
             # The steady state: a block is a batch and nothing waits before it, so it goes
             # straight into the socket (no copy through the queue; it waited for nothing).
-            if not self._send_now(*direct, pcm):
+            if not self._send_now(*direct, pcm, 0.0):
                 self._hand_back()
             return
         dropped = self.queue.dropped_bytes
@@ -398,25 +398,23 @@ class Call:
                 break
             batch = self.queue.take(self._batch_bytes)
             assert batch is not None
-            if not self._send_now(part, upstream, batch, self.queue.batch_arrived_at):
+            if not self._send_now(part, upstream, batch, self.queue.batch_waited_s()):
                 break
         else:
             return
         self._hand_back()
 
-    def _send_now(
-        self, part: SessionPart, upstream: UpstreamStream, batch: bytes, arrived_at: float | None = None
-    ) -> bool:
+    def _send_now(self, part: SessionPart, upstream: UpstreamStream, batch: bytes, lag_s: float | None) -> bool:
         """One batch into the socket from the media path; False if the send failed (the relay
-        raises the failure where it handles upstream errors). ``arrived_at``: when the batch's
-        oldest audio was queued (None: it was not)."""
+        raises the failure where it handles upstream errors). ``lag_s``: how long its oldest
+        audio waited (0 for a block sent as it was mixed)."""
         self.replay.append(batch)  # first: a batch whose send fails is re-sent too
         try:
             upstream.send_now(batch)
         except Exception as exc:
             self._direct_failure = exc
             return False
-        self._sent(part, batch, 0.0 if arrived_at is None else time.monotonic() - arrived_at)
+        self._sent(part, batch, lag_s)
         return True
 
     def _hand_back(self) -> None:
@@ -549,8 +547,7 @@ class Call:
                         break
                     self.replay.append(batch)  # first: a batch whose send fails is re-sent too
                     await upstream.send(batch)
-                    arrived_at = self.queue.batch_arrived_at
-                    self._sent(part, batch, None if arrived_at is None else time.monotonic() - arrived_at)
+                    self._sent(part, batch, self.queue.batch_waited_s())
             except UPSTREAM_ERRORS as exc:
                 reason = _close_reason(exc)
                 upstream.abort()

@@ -89,6 +89,11 @@ class PcmQueue:
         self._advance(len(batch))
         return batch
 
+    def batch_waited_s(self) -> float | None:
+        """How long the oldest audio of the batch just taken waited here (None if unknown)."""
+        arrived_at = self.batch_arrived_at
+        return None if arrived_at is None else time.monotonic() - arrived_at
+
     async def parked(self) -> None:
         """Wait until the queue is closed or ``wake`` is called; puts do not end the wait
         (while the writer is parked, whoever puts sends the batches: ``take``)."""
