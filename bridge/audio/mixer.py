@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bridge.audio.codec import WireFormat
+from bridge.audio.codec import WireFormat, pcm16_bytes
 from bridge.audio.resample import Upsampler2x, to_int16
 
 OUTPUT_RATE = 16000
@@ -80,6 +80,26 @@ class _Passthrough:
         return np.zeros(0, dtype=np.float32)
 
 
+class BlockSource:
+    """What one track's block of output was made from: its input as it came off the wire
+    (μ-law: a byte a sample), the inputs before it, and how many output pairs the resampler
+    still dropped. Enough to make the block again bit for bit (``render``), in a quarter of
+    the block's size. The replay buffer keeps these instead of the PCM it sent."""
+
+    __slots__ = ("history", "block", "skip_pairs", "decode")
+
+    def __init__(self, history: bytes, block: bytes, skip_pairs: int, decode: Callable[[bytes], np.ndarray]) -> None:
+        self.history = history  # the resampler's history_samples inputs before the block (wire bytes)
+        self.block = block  # the block's inputs (wire bytes)
+        self.skip_pairs = skip_pairs
+        self.decode = decode
+
+    def render(self) -> bytes:
+        """The block's PCM16LE again: the same float32 convolutions over the same inputs."""
+        upsampler = Upsampler2x(history=self.decode(self.history), skip_pairs=self.skip_pairs)
+        return pcm16_bytes(to_int16(upsampler.process(self.decode(self.block)), in_place=True))
+
+
 @dataclass(slots=True)
 class TrackStats:
     frames: int = 0
@@ -124,6 +144,8 @@ class Track:
         "_waiting_samples",
         "_arrivals",
         "_fill_left",
+        "_tail",
+        "source",
     )
 
     def __init__(
@@ -154,6 +176,11 @@ class Track:
         self._fill_left = input_rate * MAX_GAP_FILL_MS // 1000  # silence its own holes may still add
         self._frontier = start_position  # end of the furthest frame placed or waiting
         self._offset = offset  # input samples subtracted from timestamps since the last re-anchoring
+        # The resampler's history as wire bytes (silence before the first frame), and what the
+        # pending output was made from while it is one rendered block, whole (else None).
+        history = self.resampler.history_samples if isinstance(self.resampler, Upsampler2x) else 0
+        self._tail = wire.silence * history
+        self.source: BlockSource | None = None
 
     def place(self, timestamp_ms: int | None, frame: bytes) -> None:
         """Put one frame (wire bytes) on the timeline at its timestamp (or right after the previous one)."""
@@ -234,12 +261,20 @@ class Track:
             self.render(decode)
             self.flushed = True
             self._append(self.resampler.flush())
+            self.source = None  # the tail is not one rendered block
 
     def render(self, decode: Callable[[bytes], np.ndarray]) -> None:
         """Decode and resample everything placed so far, in one pass each, onto ``pending``."""
         if self._unrendered:
             parts, self._unrendered = self._unrendered, []
-            self._append(self.resampler.process(decode(parts[0] if len(parts) == 1 else b"".join(parts))))
+            block = parts[0] if len(parts) == 1 else b"".join(parts)
+            resampler = self.resampler
+            if isinstance(resampler, Upsampler2x):
+                history = self._tail
+                self.source = None if len(self.pending) else BlockSource(history, block, resampler.skip_pairs, decode)
+                keep = len(history)
+                self._tail = block[-keep:] if len(block) >= keep else (history + block)[-keep:]
+            self._append(resampler.process(decode(block)))
 
     def _play(self, *, force_until: int | None = None) -> None:
         """Feed waiting frames in timeline order while they are contiguous, or the wait is over,
@@ -295,6 +330,7 @@ class Track:
         """Drop the first ``n`` pending samples (mixed). The rest is copied, not viewed, so a
         long call does not keep each block's whole buffer alive for a few leftover samples."""
         self.pending = self.pending[n:].copy() if n < len(self.pending) else _NO_OUTPUT
+        self.source = None
 
     def _append(self, out: np.ndarray) -> None:
         if len(out):
@@ -342,6 +378,7 @@ class Mixer:
         "_origin",
         "_mixed",
         "limited_samples",
+        "source",
     )
 
     def __init__(
@@ -369,6 +406,8 @@ class Mixer:
         self.limited_samples = 0
         self.render_samples = max(render_samples, 0)
         self._next_release = 0  # input position at which the next block is due
+        #: What the last output returned was made from, if a single track's block, whole.
+        self.source: BlockSource | None = None
 
     def accepts(self, track: str) -> bool:
         """Whether a frame of ``track`` would be mixed (a party, or a documented name with room)."""
@@ -456,8 +495,10 @@ class Mixer:
         if len(tracks) == 1:
             (only,) = tracks
             out = to_int16(only.pending[:ready], in_place=True)  # pending is the track's own, about to be dropped
+            self.source = only.source
             only.take(ready)
             return out
+        self.source = None
         total = np.zeros(ready, dtype=np.float64)
         for t in tracks:
             total += t.pending[:ready]

@@ -34,7 +34,9 @@ def design_phases(
     return even / even.sum(), odd / odd.sum()  # each phase passes DC at exactly unity
 
 
-_PHASES = design_phases()
+#: The filter every upsampler shares, in the float32 it convolves in (not a copy per call).
+_EVEN, _ODD = design_phases()
+_PHASES = (_EVEN.astype(np.float32), _ODD.astype(np.float32))
 
 
 class Upsampler2x:
@@ -51,15 +53,39 @@ class Upsampler2x:
     ``k`` sits at time ``k / 16000`` like input sample ``k / 2``.
     """
 
-    def __init__(self, phases: tuple[np.ndarray, np.ndarray] = _PHASES) -> None:
+    def __init__(
+        self,
+        phases: tuple[np.ndarray, np.ndarray] = _PHASES,
+        *,
+        history: np.ndarray | None = None,
+        skip_pairs: int | None = None,
+    ) -> None:
+        """``history`` and ``skip_pairs`` resume a stream where another upsampler stood (the
+        last ``history_samples`` inputs it saw, and its ``skip_pairs``): the replay of a block
+        re-renders it from its input."""
         self._even, self._odd = (np.asarray(p, dtype=np.float32) for p in phases)
         self._half = (len(self._even) - 1) // 2
         if len(self._odd) != 2 * self._half:
             raise ValueError("phases must have 2h+1 and 2h taps")
         # The last 2h inputs; zeros stand for the silence before the call.
-        self._history = np.zeros(2 * self._half, dtype=np.float32)
-        self._skip_pairs = self._half  # pairs that would describe time before sample 0
+        if history is None:
+            self._history = np.zeros(2 * self._half, dtype=np.float32)
+        elif len(history) == 2 * self._half:
+            self._history = np.asarray(history, dtype=np.float32)
+        else:
+            raise ValueError(f"history must hold {2 * self._half} samples")
+        self._skip_pairs = self._half if skip_pairs is None else skip_pairs  # pairs before sample 0
         self._flushed = False
+
+    @property
+    def history_samples(self) -> int:
+        """Input samples each output depends on before the newest: what ``history`` holds."""
+        return 2 * self._half
+
+    @property
+    def skip_pairs(self) -> int:
+        """Output pairs still to be dropped at the start (they would stand for time before the call)."""
+        return self._skip_pairs
 
     @property
     def delay_samples(self) -> int:

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
 from websockets.exceptions import WebSocketException
+from websockets.http11 import Response
 from websockets.protocol import State
 
 #: What a broken or refused upstream socket can raise.
@@ -29,6 +31,10 @@ UPSTREAM_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException)
 WRITE_LIMIT = 32 * 1024
 _MEDIA_HEAD = b'{"event":"media","media":{"payload":"'
 _MEDIA_TAIL = b'"}}'
+#: Stands in for a connection's handshake response once it is checked, so that its headers are
+#: not kept for the whole call: websockets tells the response from the frames that follow it
+#: by ``connection.response is None``, so it must not be None.
+_ACCEPTED = Response(101, "Switching Protocols", Headers())
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class UpstreamStream:
             ping_interval=20,
             ping_timeout=20,
         )
+        connection.request, connection.response = None, _ACCEPTED  # nothing reads them again
         stream = cls(connection, wire_format, sample_rate)
         if stream._json:
             await connection.send(

@@ -32,7 +32,7 @@ import numpy as np
 from bridge.after_call.ledger import Ledger
 from bridge.audio.byteorder import ByteOrderDetector
 from bridge.audio.codec import ULAW, WireFormat, l16, pcm16_bytes
-from bridge.audio.mixer import OUTPUT_RATE, Mixer
+from bridge.audio.mixer import OUTPUT_RATE, BlockSource, Mixer
 from bridge.config import ParamRoute, Settings
 from bridge.eka.client import EkaClient, EndStatus, new_session_id
 from bridge.eka.retry import EkaError
@@ -350,7 +350,7 @@ class Call:
             return
         mixed = mixer.push(track, media.timestamp_ms, payload)
         if len(mixed):  # once a block (a batch), not once a frame
-            self._queue(mixed)
+            self._queue(mixed, mixer.source)
 
     def _decide_byte_order(self, order: str) -> None:
         """Decode every held frame (all tracks, in arrival order) with the order now known."""
@@ -363,13 +363,15 @@ class Call:
         for media in held:
             self._queue(self.mixer.push(media.track, media.timestamp_ms, media.payload))
 
-    def _queue(self, samples: np.ndarray) -> None:
+    def _queue(self, samples: np.ndarray, source: BlockSource | None = None) -> None:
+        """Send or queue mixed samples; ``source``: what they were made from, if one block of
+        one track (the replay buffer keeps that instead, when they are sent as one batch)."""
         pcm = pcm16_bytes(samples)
         direct = self._direct
         if direct is not None and len(pcm) == self._batch_bytes and not len(self.queue) and direct[1].ready():
             # The steady state: a block is a batch and nothing waits before it, so it goes
             # straight into the socket (no copy through the queue; it waited for nothing).
-            if not self._send_now(*direct, pcm, 0.0):
+            if not self._send_now(*direct, pcm, 0.0, source):
                 self._hand_back()
             return
         dropped = self.queue.dropped_bytes
@@ -404,11 +406,18 @@ class Call:
             return
         self._hand_back()
 
-    def _send_now(self, part: SessionPart, upstream: UpstreamStream, batch: bytes, lag_s: float | None) -> bool:
+    def _send_now(
+        self,
+        part: SessionPart,
+        upstream: UpstreamStream,
+        batch: bytes,
+        lag_s: float | None,
+        source: BlockSource | None = None,
+    ) -> bool:
         """One batch into the socket from the media path; False if the send failed (the relay
         raises the failure where it handles upstream errors). ``lag_s``: how long its oldest
-        audio waited (0 for a block sent as it was mixed)."""
-        self.replay.append(batch)  # first: a batch whose send fails is re-sent too
+        audio waited (0 for a block sent as it was mixed); ``source``: what the batch was made from."""
+        self.replay.append(batch, source)  # first: a batch whose send fails is re-sent too
         try:
             upstream.send_now(batch)
         except Exception as exc:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Iterator
+
+from bridge.audio.mixer import BlockSource
 
 #: A wanted size no queue reaches: puts never wake a parked writer.
 END = 1 << 62
@@ -115,23 +118,33 @@ class PcmQueue:
 
 class ReplayBuffer:
     """The last ``max_bytes`` of audio sent upstream, re-sent after a reconnect so a seam
-    may repeat audio but never lose it."""
+    may repeat audio but never lose it.
+
+    A batch that is one track's block, whole (the steady state of a one-party call), is kept
+    as what it was made from (``BlockSource``: μ-law is a quarter of the PCM) and made again
+    only if it is replayed; any other batch is kept as sent."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._chunks: deque[bytes] = deque()
+        self._entries: list[bytes | BlockSource] = []  # a handful: plain lists, not deques
+        self._sizes: list[int] = []  # each entry's PCM bytes
         self.size = 0
 
     def __bool__(self) -> bool:
         return self.size > 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._chunks)
+    def __iter__(self) -> Iterator[bytes]:
+        """The batches, oldest first, as they were sent."""
+        for entry in list(self._entries):
+            yield entry if isinstance(entry, bytes) else entry.render()
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, batch: bytes, source: BlockSource | None = None) -> None:
+        """``batch`` was sent; ``source``, if given, makes it again bit for bit."""
         if self.max_bytes <= 0:
             return
-        self._chunks.append(chunk)
-        self.size += len(chunk)
-        while self._chunks and self.size - len(self._chunks[0]) >= self.max_bytes:
-            self.size -= len(self._chunks.popleft())
+        self._entries.append(batch if source is None else source)
+        self._sizes.append(len(batch))
+        self.size += len(batch)
+        while self._sizes and self.size - self._sizes[0] >= self.max_bytes:
+            self.size -= self._sizes.pop(0)
+            del self._entries[0]

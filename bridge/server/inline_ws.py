@@ -47,6 +47,13 @@ class InlineTextProtocol(WebSocketsSansIOProtocol):
     def _register(self, handler: InlineHandler | None) -> None:
         self._inline = handler
 
+    async def send(self, message: Any) -> None:
+        """As uvicorn's, except that the handshake's request and response are dropped once it
+        is answered: uvicorn reads them only to answer it, and the scope holds the headers."""
+        await super().send(message)
+        if self.handshake_complete and hasattr(self, "response"):
+            del self.request, self.response
+
     def data_received(self, data: bytes) -> None:
         """As uvicorn's, except that the messages parsed before a protocol error (a message over
         the size cap, say) still reach the app, ahead of the disconnect: a ``start`` that came in

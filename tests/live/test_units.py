@@ -19,18 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import structlog
 
 from bridge import logging as bridge_logging
 from bridge.after_call.ledger import Ledger, SqliteStore
+from bridge.audio.codec import ULAW, pcm16_bytes, pcm16_to_ulaw
+from bridge.audio.mixer import Mixer
 from bridge.config import Settings
 from bridge.eka.auth import TokenProvider
 from bridge.eka.client import EkaClient
 from bridge.eka.retry import Backoff
 from bridge.live.call import Call, CallSettings
 from bridge.live.limits import IDLE_TIMEOUT, LIMIT_REACHED, MAX_DURATION, NO_START, StreamLimits
-from bridge.live.pcm_queue import PcmQueue
+from bridge.live.pcm_queue import PcmQueue, ReplayBuffer
 from bridge.metrics import Metrics
 from bridge.providers.events import Media, MediaFormat, StreamStart, StreamStop, Unknown
 from tests.harness import LogCapture
@@ -157,6 +160,25 @@ async def test_the_pcm_queue_drops_the_oldest_whole_samples_and_counts_them() ->
     queue.discard()
     queue.put(b"zz")
     assert queue.discarded_bytes == 9 and len(queue) == 0
+
+
+def test_the_replay_buffer_keeps_a_second_and_gives_back_what_was_sent() -> None:
+    """Blocks kept as their source come back as the very bytes sent, beside batches kept as sent."""
+    mixer = Mixer(["inbound"], 8000, ULAW, render_samples=1600)
+    replay = ReplayBuffer(32000)  # 1 s of 16 kHz PCM16
+    sent = []
+    rng = np.random.default_rng(7)
+    for i in range(200):  # 4 s of 20 ms frames
+        out = mixer.push("inbound", 20 * i, pcm16_to_ulaw(rng.normal(0, 4000, 160).astype(np.int16)))
+        if len(out):
+            batch = pcm16_bytes(out)
+            sent.append(batch)
+            replay.append(batch, mixer.source if len(sent) % 3 else None)  # every third kept as PCM
+    assert len(sent) >= 15
+    kept = list(replay)
+    assert kept == sent[-len(kept) :]
+    assert replay.size == sum(map(len, kept)) and 32000 <= replay.size < 32000 + len(sent[-1])
+    assert not ReplayBuffer(0) and list(ReplayBuffer(0)) == []
 
 
 async def test_a_batch_waits_for_its_size_and_knows_when_its_audio_arrived() -> None:
