@@ -391,14 +391,20 @@ class Call:
     def _send_direct(self) -> None:
         """Send the full batches now, from the media path (the relay is parked): no task
         wake-up per batch. A socket that is backed up, closed or failing is handed back to
-        the relay, which awaits it (the drain, or the reconnect with the replay)."""
+        the relay, which awaits it (the drain, or the reconnect with the replay).
+
+        The last batch takes the remainder with it (up to two batches' worth), so the queue
+        is left empty and the next block, a batch exactly, goes straight into the socket:
+        a call's first block is rarely a batch exactly (whole frames and the resampler's
+        delay), and a remainder left behind would send every later block through the queue."""
         assert self._direct is not None
         part, upstream = self._direct
-        while len(self.queue) >= self._batch_bytes:
+        size = self._batch_bytes
+        while len(self.queue) >= size:
             if not upstream.ready():
                 self.upstream_backed_up += upstream.backed_up()
                 break
-            batch = self.queue.take(self._batch_bytes)
+            batch = self.queue.take(size if len(self.queue) >= 2 * size else len(self.queue))
             assert batch is not None
             if not self._send_now(part, upstream, batch, self.queue.batch_waited_s()):
                 break
