@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Iterator
 
 from bridge.audio.mixer import BlockSource
@@ -28,13 +27,13 @@ class PcmQueue:
         self._closed = False
         self._discarding = False
         self._want = 1
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the writer's, while it waits
         self.dropped_bytes = 0  # oldest audio dropped because the upstream fell too far behind
         self.discarded_bytes = 0  # audio with nowhere to go (no session could be created)
         self.high_water_bytes = 0
         self.batch_arrived_at: float | None = None  # monotonic arrival of the last batch's oldest byte
         self._head = 0  # bytes ever removed from the front (sent or dropped)
-        self._marks: deque[tuple[int, float]] = deque()  # (end offset of a put, its arrival time)
+        self._marks: list[tuple[int, float]] = []  # (end offset of a put, its arrival time)
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -55,7 +54,7 @@ class PcmQueue:
             self._advance(excess)
         self.high_water_bytes = max(self.high_water_bytes, len(self._buf))
         if len(self._buf) >= self._want:
-            self._ready.set()
+            self.wake()
 
     @property
     def closed(self) -> bool:
@@ -64,7 +63,7 @@ class PcmQueue:
     def close(self) -> None:
         """No more audio will come; the writer drains what is left."""
         self._closed = True
-        self._ready.set()
+        self.wake()
 
     def discard(self) -> None:
         """Nothing will ever read this: count and drop what is held and all that follows."""
@@ -77,8 +76,7 @@ class PcmQueue:
         """Wait for ``size`` bytes (fewer only at the end); ``None`` once closed and drained."""
         while len(self._buf) < size and not self._closed:
             self._want = size
-            self._ready.clear()
-            await self._ready.wait()
+            await self._wait()
         return self.take(size)
 
     def take(self, size: int) -> bytes | None:
@@ -103,17 +101,30 @@ class PcmQueue:
         if self._closed:
             return
         self._want = END
-        self._ready.clear()
-        await self._ready.wait()
+        await self._wait()
 
     def wake(self) -> None:
-        self._ready.set()
+        """End the writer's wait, if it is waiting (a wake with nobody waiting is not kept)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        """Wait for ``wake``: a future made for each wait, not an ``asyncio.Event`` (and its
+        deque of waiters) kept for the whole call, for a queue that is empty in the steady state."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def _advance(self, removed: int) -> None:
         """``removed`` bytes left the front: forget the arrival marks of puts now wholly gone."""
         self._head += removed
-        while self._marks and self._marks[0][0] <= self._head:
-            self._marks.popleft()
+        marks, gone = self._marks, 0
+        while gone < len(marks) and marks[gone][0] <= self._head:
+            gone += 1
+        del marks[:gone]
 
 
 class ReplayBuffer:
