@@ -80,24 +80,59 @@ class _Passthrough:
         return np.zeros(0, dtype=np.float32)
 
 
-class BlockSource:
+class TrackBlock:
     """What one track's block of output was made from: its input as it came off the wire
-    (μ-law: a byte a sample), the inputs before it, and how many output pairs the resampler
-    still dropped. Enough to make the block again bit for bit (``render``), in a quarter of
-    the block's size. The replay buffer keeps these instead of the PCM it sent."""
+    (μ-law: a byte a sample), the inputs before it (the resampler's history), and how many
+    output pairs the resampler still dropped at the start."""
 
-    __slots__ = ("history", "block", "skip_pairs", "decode")
+    __slots__ = ("history", "block", "skip_pairs")
 
-    def __init__(self, history: bytes, block: bytes, skip_pairs: int, decode: Callable[[bytes], np.ndarray]) -> None:
-        self.history = history  # the resampler's history_samples inputs before the block (wire bytes)
-        self.block = block  # the block's inputs (wire bytes)
+    def __init__(self, history: bytes, block: bytes, skip_pairs: int) -> None:
+        self.history = history
+        self.block = block
         self.skip_pairs = skip_pairs
+
+    def upsample(self, decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
+        """The block's float32 output again: the same convolutions over the same inputs."""
+        upsampler = Upsampler2x(history=decode(self.history), skip_pairs=self.skip_pairs)
+        return upsampler.process(decode(self.block))
+
+
+class BlockSource:
+    """What one released block of the mix was made from, when each party's part of it is one
+    rendered block, whole (the steady state): enough to make the block again bit for bit
+    (``render``) in a quarter of its size per party (μ-law at 8 kHz against PCM16 at 16).
+    The replay buffer keeps these instead of the PCM it sent."""
+
+    __slots__ = ("tracks", "decode")
+
+    def __init__(self, tracks: tuple[TrackBlock, ...], decode: Callable[[bytes], np.ndarray]) -> None:
+        self.tracks = tracks
         self.decode = decode
 
     def render(self) -> bytes:
-        """The block's PCM16LE again: the same float32 convolutions over the same inputs."""
-        upsampler = Upsampler2x(history=self.decode(self.history), skip_pairs=self.skip_pairs)
-        return pcm16_bytes(to_int16(upsampler.process(self.decode(self.block)), in_place=True))
+        """The block's PCM16LE, as ``Mixer`` made it."""
+        outputs = [track.upsample(self.decode) for track in self.tracks]
+        if len(outputs) == 1:
+            return pcm16_bytes(to_int16(outputs[0], in_place=True))
+        total = np.zeros(len(outputs[0]), dtype=np.float64)
+        for output in outputs:
+            total += output
+        soft_limit(total)
+        return pcm16_bytes(to_int16(total))
+
+
+def soft_limit(total: np.ndarray) -> int:
+    """Bend ``total`` in place with a tanh soft knee above ~-1.4 dBFS (no wrap-around, no hard
+    clip edges); returns how many samples were bent."""
+    peak = np.abs(total)
+    over = peak > LIMITER_KNEE
+    if not over.any():
+        return 0
+    room = 32767 - LIMITER_KNEE
+    bent = LIMITER_KNEE + room * np.tanh((peak[over] - LIMITER_KNEE) / room)
+    total[over] = np.sign(total[over]) * bent
+    return int(over.sum())
 
 
 @dataclass(slots=True)
@@ -180,7 +215,7 @@ class Track:
         # pending output was made from while it is one rendered block, whole (else None).
         history = self.resampler.history_samples if isinstance(self.resampler, Upsampler2x) else 0
         self._tail = wire.silence * history
-        self.source: BlockSource | None = None
+        self.source: TrackBlock | None = None
 
     def place(self, timestamp_ms: int | None, frame: bytes) -> None:
         """Put one frame (wire bytes) on the timeline at its timestamp (or right after the previous one)."""
@@ -271,7 +306,7 @@ class Track:
             resampler = self.resampler
             if isinstance(resampler, Upsampler2x):
                 history = self._tail
-                self.source = None if len(self.pending) else BlockSource(history, block, resampler.skip_pairs, decode)
+                self.source = None if len(self.pending) else TrackBlock(history, block, resampler.skip_pairs)
                 keep = len(history)
                 self._tail = block[-keep:] if len(block) >= keep else (history + block)[-keep:]
             self._append(resampler.process(decode(block)))
@@ -492,28 +527,20 @@ class Mixer:
         if ready == 0:
             return _NOTHING
         self._mixed += ready
+        # Each party's part of the block is one rendered block, whole: the block can be made again.
+        sources = tuple(t.source for t in tracks if t.source is not None and len(t.pending) == ready)
+        self.source = BlockSource(sources, self.wire.decode) if len(sources) == len(tracks) else None
         if len(tracks) == 1:
             (only,) = tracks
             out = to_int16(only.pending[:ready], in_place=True)  # pending is the track's own, about to be dropped
-            self.source = only.source
             only.take(ready)
             return out
-        self.source = None
+        # Unity gain, summed in float64, then the soft limiter.
         total = np.zeros(ready, dtype=np.float64)
         for t in tracks:
             total += t.pending[:ready]
             t.take(ready)
-        return self._limit(total)
-
-    def _limit(self, total: np.ndarray) -> np.ndarray:
-        """Unity-gain sum with a tanh soft knee above ~-1.4 dBFS: no wrap-around, no hard clip edges."""
-        peak = np.abs(total)
-        over = peak > LIMITER_KNEE
-        if over.any():
-            self.limited_samples += int(over.sum())
-            room = 32767 - LIMITER_KNEE
-            bent = LIMITER_KNEE + room * np.tanh((peak[over] - LIMITER_KNEE) / room)
-            total[over] = np.sign(total[over]) * bent
+        self.limited_samples += soft_limit(total)
         return to_int16(total)
 
     def gap_filled_ms(self) -> dict[str, int]:

@@ -131,9 +131,9 @@ class ReplayBuffer:
     """The last ``max_bytes`` of audio sent upstream, re-sent after a reconnect so a seam
     may repeat audio but never lose it.
 
-    A batch that is one track's block, whole (the steady state of a one-party call), is kept
-    as what it was made from (``BlockSource``: μ-law is a quarter of the PCM) and made again
-    only if it is replayed; any other batch is kept as sent."""
+    A batch that is one block of the mix, whole (the steady state), is kept as what it was
+    made from (``BlockSource``: μ-law is a quarter of the PCM per party) and made again only
+    if it is replayed; any other batch is kept as sent."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
