@@ -22,10 +22,16 @@ pytestmark = pytest.mark.anyio
 PACE = 10.0
 
 
-def expected_stream(ulaw: bytes) -> np.ndarray:
-    """Exactly what the bridge sends for a single-track call of ``ulaw`` (the mixer is deterministic)."""
-    mixer = Mixer(["inbound"], 8000, ULAW)
-    out = [mixer.push("inbound", i // 8, ulaw[i : i + 160]) for i in range(0, len(ulaw), 160)]
+def expected_stream(ulaw: bytes, outbound: bytes | None = None) -> np.ndarray:
+    """Exactly what the bridge sends for a call of ``ulaw`` (and ``outbound``, the other party,
+    of the same length): the mixer is deterministic, whatever its blocks."""
+    parties = {"inbound": ulaw} if outbound is None else {"inbound": ulaw, "outbound": outbound}
+    mixer = Mixer(list(parties), 8000, ULAW)
+    out = [
+        mixer.push(track, i // 8, audio[i : i + 160])
+        for i in range(0, len(ulaw), 160)
+        for track, audio in parties.items()
+    ]
     return np.concatenate([*out, mixer.flush()])
 
 
@@ -83,19 +89,24 @@ async def test_upstream_drop_with_reconnect_refused_continues_in_a_new_session(t
     assert [s["opened_because"] for s in summary["sessions"]] == ["call_start", "upstream_lost"]
 
 
-async def test_upstream_drop_with_reconnect_accepted_keeps_one_session(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parties", [1, 2])
+async def test_upstream_drop_with_reconnect_accepted_keeps_one_session(tmp_path: Path, parties: int) -> None:
+    """The replay re-sends the last second bit for bit (made again from the wire audio it was
+    mixed from), for one party and for two."""
     audio = ulaw_call(4.0)
+    other = ulaw_call(4.0, seed=11) if parties == 2 else None
+    call = TwilioCall(tracks=["inbound", "outbound"]) if other else TwilioCall()
     async with running(tmp_path) as h:
         h.emulator.faults.drop_stream_after(2 * 32000, keep_registration=True)
-        await replay(h.twilio_url, plan_messages(TwilioCall(), audio), pace=PACE)
+        await replay(h.twilio_url, plan_messages(call, audio, *([other] if other else [])), pace=PACE)
         summary = await finished(h)
         session = h.only_session()
         assert_every_session_ended_once(h)
 
     assert session.stream_connections == 2
-    assert summary["replayed_bytes"] > 0
+    assert summary["replayed_bytes"] >= 32000
     assert_processed_whole(session)  # both connections' flushes, the lost one's included
-    full = expected_stream(audio)
+    full = expected_stream(audio, other)
     got = received_pcm(session)
     seam = next(i for i in range(min(len(got), len(full))) if got[i] != full[i])  # where the replay begins
     assert_covers_without_gap([got[:seam], got[seam:]], full)
