@@ -442,18 +442,17 @@ class Call:
         wake-up per batch. A socket that is backed up, closed or failing is handed back to
         the relay, which awaits it (the drain, or the reconnect with the replay).
 
-        The last batch takes the remainder with it (up to two batches' worth), so the queue
-        is left empty and the next block, a batch exactly, goes straight into the socket:
-        a call's first block is rarely a batch exactly (whole frames and the resampler's
-        delay), and a remainder left behind would send every later block through the queue."""
+        A remainder short of a batch goes too, so the queue is left empty and the next block,
+        a batch exactly, goes straight into the socket: a call's first block is rarely a batch
+        exactly (whole frames and the resampler's delay), and a remainder left behind would
+        send every later block through the queue."""
         assert self._direct is not None
         part, upstream = self._direct
-        size = self._batch_bytes
-        while len(self.queue) >= size:
+        while self.queue:
             if not upstream.ready():
                 self.upstream_backed_up += upstream.backed_up()
                 break
-            batch = self.queue.take(size if len(self.queue) >= 2 * size else len(self.queue))
+            batch = self.queue.take(min(len(self.queue), self._batch_bytes))
             assert batch is not None
             if not self._send_now(part, upstream, batch, self.queue.batch_waited_s()):
                 break
