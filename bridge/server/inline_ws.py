@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
 
 #: The key in an ASGI WebSocket scope's ``extensions``; its value holds ``register(handler)``.
 EXTENSION = "eka_bridge.inline_text"
@@ -52,6 +53,7 @@ class InlineTextProtocol(WebSocketsSansIOProtocol):
         is answered: uvicorn reads them only to answer it, and the scope holds the headers."""
         await super().send(message)
         if self.handshake_complete and hasattr(self, "response"):
+            self.request.headers = Headers()  # websockets' parser still holds the request itself
             del self.request, self.response
 
     def data_received(self, data: bytes) -> None:
