@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import json
+import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
 from websockets.exceptions import WebSocketException
-from websockets.http11 import Response
 from websockets.protocol import State
 
 #: What a broken or refused upstream socket can raise.
@@ -29,12 +31,21 @@ UPSTREAM_ERRORS = (OSError, asyncio.TimeoutError, WebSocketException)
 #: Bytes a socket may hold unsent before ``send_now`` declines (websockets' own default
 #: high-water mark): past it, the relay awaits ``send``, which waits for the drain.
 WRITE_LIMIT = 32 * 1024
+#: Keepalive: a ping this often, and the connection failed (1011) if its pong is this late.
+PING_INTERVAL_S = 20.0
+PING_TIMEOUT_S = 20.0
+#: Eka's server sends nothing but its close: anything larger fails the connection (1009).
+MAX_MESSAGE_BYTES = 1 << 20
 _MEDIA_HEAD = b'{"event":"media","media":{"payload":"'
 _MEDIA_TAIL = b'"}}'
-#: Stands in for a connection's handshake response once it is checked, so that its headers are
-#: not kept for the whole call: websockets tells the response from the frames that follow it
-#: by ``connection.response is None``, so it must not be None.
-_ACCEPTED = Response(101, "Switching Protocols", Headers())
+
+
+@functools.cache
+def shared_tls_context() -> ssl.SSLContext:
+    """The one TLS context every wss:// stream socket uses (verifying, with the system's CAs).
+    Why: for ``ssl=True`` asyncio builds a fresh default context per connection, the system's
+    CA certificates loaded into each: about 800 KiB a call, more than all the rest of a call."""
+    return ssl.create_default_context()
 
 
 @dataclass(frozen=True)
@@ -54,19 +65,33 @@ class UpstreamStream:
 
     @classmethod
     async def open(
-        cls, url: str, *, wire_format: str = "json", sample_rate: int = 16000, timeout_s: float = 10.0
+        cls,
+        url: str,
+        *,
+        wire_format: str = "json",
+        sample_rate: int = 16000,
+        timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> UpstreamStream:
-        """Connect to ``upload_url`` exactly as Create Session returned it."""
+        """Connect to ``upload_url`` exactly as Create Session returned it (``tls``: for a
+        wss:// URL, the context to verify it with; ``shared_tls_context()`` if None)."""
+        # websockets refuses ``ssl`` for a ws:// URL.
+        secure: dict[str, Any] = {"ssl": tls or shared_tls_context()} if url.lower().startswith("wss:") else {}
         connection = await connect(
             url,
             open_timeout=timeout_s,
             close_timeout=timeout_s,
             compression=None,  # PCM does not deflate; save the CPU
-            max_size=1 << 20,
-            ping_interval=20,
-            ping_timeout=20,
+            max_size=MAX_MESSAGE_BYTES,
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            **secure,
         )
-        connection.request, connection.response = None, _ACCEPTED  # nothing reads them again
+        # Nothing reads the handshake's headers again, and they would be kept for the whole call
+        # (websockets' parser holds the response too, so the objects stay and their headers go).
+        for message in (connection.request, connection.response):
+            if message is not None:
+                message.headers = Headers()
         stream = cls(connection, wire_format, sample_rate)
         if stream._json:
             await connection.send(
