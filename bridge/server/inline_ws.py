@@ -19,6 +19,7 @@ queued as usual. It must not block; an exception it raises is logged and the mes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +35,85 @@ InlineHandler = Callable[[str], bool]
 _log = logging.getLogger("bridge.server.inline_ws")
 
 
+class Inbox:
+    """uvicorn's ASGI receive queue for one socket, slimmed: the protocol puts, the one app task
+    gets. An ``asyncio.Queue`` holds three deques and an ``asyncio.Event`` (a fourth) from the
+    start, about 3 KiB a socket, for a queue that media messages never enter."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class Flag:
+    """``asyncio.Event``'s set, clear and wait, with its waiters made only when someone waits
+    (uvicorn's ``writable``: set for the whole life of a socket unless its writes back up)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return True
+
+
 class InlineTextProtocol(WebSocketsSansIOProtocol):
     """Pass to ``uvicorn.Config(ws=InlineTextProtocol)``."""
 
     _inline: InlineHandler | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Hundreds of sockets at once: the same queue and flag without asyncio's eager deques.
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
