@@ -525,6 +525,7 @@ class Mixer:
         tracks = list(self.tracks.values())
         ready = min(len(t.pending) for t in tracks)
         if ready == 0:
+            self.source = None
             return _NOTHING
         self._mixed += ready
         # Each party's part of the block is one rendered block, whole: the block can be made again.
